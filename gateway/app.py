@@ -1,0 +1,87 @@
+"""Builds the Tornado application from opened stores: routes, context, request metrics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+
+from gateway.checkout import Checkout
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.providers import build_providers
+from gateway.providers.base import Provider
+from handlers.base import BaseHandler, Context, NotFoundHandler
+from handlers.carts import (
+    CartHandler,
+    CartItemHandler,
+    CartItemsHandler,
+    CartPaymentsHandler,
+    CartsHandler,
+)
+from handlers.ops import HealthHandler, MetricsHandler, OpenAPIHandler, ReadyHandler
+from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, WebhookHandler
+from store.redis_store import RedisStore
+
+log = logging.getLogger("gateway.http")
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+SEG = r"([^/]+)"
+
+ROUTES: list[tuple[str, type[BaseHandler]]] = [
+    (r"/v1/carts", CartsHandler),
+    (rf"/v1/carts/{SEG}", CartHandler),
+    (rf"/v1/carts/{SEG}/items", CartItemsHandler),
+    (rf"/v1/carts/{SEG}/items/{SEG}", CartItemHandler),
+    (rf"/v1/carts/{SEG}/payments", CartPaymentsHandler),
+    (rf"/v1/payments/{SEG}/return", ReturnHandler),
+    (rf"/v1/payments/{SEG}/webhook", WebhookHandler),
+    (rf"/v1/payments/{SEG}", PaymentHandler),
+    (rf"/v1/bookings/{SEG}", BookingHandler),
+    (r"/metrics", MetricsHandler),
+    (r"/healthz", HealthHandler),
+    (r"/readyz", ReadyHandler),
+    (r"/openapi.json", OpenAPIHandler),
+]
+
+
+def make_app(
+    settings: Settings,
+    store: RedisStore,
+    metrics: Metrics | None = None,
+    providers: dict[str, Provider] | None = None,
+) -> tornado.web.Application:
+    """The application, with its ``Context`` reachable as ``app.settings['ctx']``."""
+    metrics = metrics or Metrics()
+    providers = build_providers(settings) if providers is None else providers
+    checkout = Checkout(settings, store, providers, metrics)
+    ctx = Context(settings, store, checkout, metrics, OPENAPI_PATH.read_bytes())
+    histogram = metrics.request_duration
+
+    def log_request(handler: Any) -> None:
+        name = getattr(handler, "name", "unknown")
+        status = handler.get_status()
+        elapsed = handler.request.request_time()
+        histogram.labels(name, handler.request.method, str(status)).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request",
+                extra={
+                    "method": handler.request.method,
+                    "path": handler.request.path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "request_id": getattr(handler, "request_id", None),
+                },
+            )
+
+    return tornado.web.Application(
+        [(pattern, handler, {"ctx": ctx}) for pattern, handler in ROUTES],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"ctx": ctx},
+        log_function=log_request,
+        compress_response=False,
+        xheaders=False,
+        ctx=ctx,
+    )

@@ -1,0 +1,278 @@
+"""The domain: starting payments, and settling what providers say back.
+
+Handlers parse and write; this module decides. The state itself changes only inside the
+Lua scripts of ``store/``, one atomic step each.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import Settings
+from gateway.errors import BadRequest, BadSignature, Conflict, Mismatch, NotFound, ValidationFailed
+from gateway.metrics import Metrics
+from gateway.providers.base import Customer, Notice, Outcome, PaymentRequest, Provider
+from gateway.signing import signed_url
+from store import keys as ids
+from store.redis_store import RedisStore, Settled, payment_view
+
+log = logging.getLogger("gateway.checkout")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a provider notice came to: the payment's state, and where the browser goes."""
+
+    txnid: str
+    status: str  # SUCCESS, FAILED, INITIATED, or IGNORED (webhook events of no concern)
+    booking_id: str | None = None
+    refund_required: bool = False
+    reason: str = ""
+    applied: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "txnid": self.txnid,
+            "status": self.status,
+            "booking_id": self.booking_id,
+            "refund_required": self.refund_required,
+            "applied": self.applied,
+        }
+
+
+class Checkout:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisStore,
+        providers: dict[str, Provider],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.metrics = metrics
+
+    def provider(self, name: str) -> Provider:
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise NotFound(
+                f"no provider {name!r} is configured", reason="unknown_provider"
+            ) from None
+
+    async def start_payment(
+        self, cart_id: str, provider_name: str, customer: Customer
+    ) -> dict[str, Any]:
+        provider = self.providers.get(provider_name)
+        if provider is None:
+            raise ValidationFailed(
+                f"provider {provider_name!r} is not configured; use one of "
+                f"{', '.join(sorted(self.providers))}",
+                reason="unknown_provider",
+            )
+        cart = await self.store.get_cart_raw(cart_id)
+        if provider.currencies is not None and cart["currency"] not in provider.currencies:
+            raise ValidationFailed(
+                f"{provider.name} does not take {cart['currency']}", reason="currency"
+            )
+        if cart["items"] == "[]":
+            raise Conflict("the cart is empty", reason="cart_empty")
+        if cart["status"] not in ("ACTIVE", "CHECKOUT"):
+            raise Conflict(
+                f"the cart is {cart['status']}: no payment can be started", reason="cart_state"
+            )
+        txnid = ids.new_txnid(cart_id)
+        amount = int(cart["total_amount"])
+        started = await provider.start(
+            PaymentRequest(
+                txnid=txnid,
+                cart_id=cart_id,
+                amount=amount,
+                currency=cart["currency"],
+                description=f"Booking for cart {cart_id}",
+                customer=customer,
+                return_url=f"{self.settings.public_url}/v1/payments/{provider.name}/return",
+            )
+        )
+        if started.order_ref:
+            await self.store.index_order(
+                provider.name,
+                started.order_ref,
+                txnid,
+                self.settings.payment_window_s + 7 * 86400,
+            )
+        await self.store.start_payment(
+            cart_id, txnid, provider.name, int(cart["version"]), amount, started.order_ref
+        )
+        self.metrics.payments_started.labels(provider.name).inc()
+        log.info(
+            "payment started", extra={"cart_id": cart_id, "txnid": txnid, "provider": provider.name}
+        )
+        return {
+            "txnid": txnid,
+            "amount": amount,
+            "currency": cart["currency"],
+            "provider": provider.name,
+            "cart_version": int(cart["version"]),
+            "redirect": started.redirect,
+        }
+
+    async def get_payment(self, txnid: str) -> dict[str, Any]:
+        h = await self.store.get_payment(txnid)
+        if h is None:
+            raise NotFound(f"no payment {txnid}")
+        return payment_view(h)
+
+    async def settle(self, provider: Provider, notice: Notice, channel: str) -> Verdict:
+        """Apply a notice from ``channel`` ('return' or 'webhook').
+
+        Raises BadRequest for an unknown txnid, BadSignature for a notice that does not
+        verify and Mismatch for a signed notice that disagrees with the payment; the caller
+        decides how each is answered (a failure redirect for the browser, 4xx for webhooks).
+        """
+        txnid = await self._txnid(provider, notice)
+        if notice.outcome is Outcome.IGNORED and notice.signed:
+            return Verdict(txnid or "", "IGNORED")
+        if notice.outcome is not Outcome.ABANDONED and not notice.signed:
+            self.metrics.signature_failures.labels(provider.name, channel).inc()
+            log.warning(
+                "signature failure",
+                extra={"txnid": txnid, "provider": provider.name, "channel": channel},
+            )
+            if channel == "return" and (
+                txnid is None or not await self.store.payment_exists(txnid)
+            ):
+                raise BadRequest(
+                    "the notice names no payment this gateway knows", reason="unknown_txnid"
+                )
+            raise BadSignature("the provider's signature does not verify", reason="bad_signature")
+        if txnid is None:
+            raise BadRequest(
+                "the notice names no payment this gateway knows", reason="unknown_txnid"
+            )
+        if notice.outcome in (Outcome.PENDING, Outcome.ABANDONED):
+            payment = await self.store.get_payment(txnid)
+            if payment is None:
+                raise BadRequest(f"unknown txnid {txnid}", reason="unknown_txnid")
+            reason = payment["reason"]
+            if payment["status"] == "INITIATED":
+                reason = "pending" if notice.outcome is Outcome.PENDING else notice.reason
+            return Verdict(
+                txnid,
+                payment["status"],
+                payment["booking_id"] or None,
+                payment["refund_required"] == "1",
+                reason,
+            )
+        outcome = "success" if notice.outcome is Outcome.SUCCESS else "failure"
+        result = await self.store.settle(
+            txnid,
+            outcome,
+            provider.name,
+            amount=notice.amount,
+            currency=notice.currency,
+            order_ref=notice.order_ref,
+            provider_payment_id=notice.provider_payment_id,
+            reason=notice.reason,
+        )
+        if isinstance(result, str):
+            if result == "notfound":
+                raise BadRequest(f"unknown txnid {txnid}", reason="unknown_txnid")
+            field = result.partition(":")[2]
+            self.metrics.mismatches.labels(provider.name, field).inc()
+            log.warning(
+                "notice mismatch", extra={"txnid": txnid, "field": field, "provider": provider.name}
+            )
+            raise Mismatch(
+                f"the notice's {field} does not match the payment", reason=f"{field}_mismatch"
+            )
+        return self._verdict(provider, txnid, result)
+
+    def _verdict(self, provider: Provider, txnid: str, result: Settled) -> Verdict:
+        p = result.payment
+        if result.applied:
+            self._count(provider, p)
+        return Verdict(
+            txnid,
+            result.status,
+            result.booking_id or None,
+            result.refund_required,
+            p["reason"],
+            result.applied,
+        )
+
+    def _count(self, provider: Provider, p: dict[str, str]) -> None:
+        m = self.metrics
+        if p["status"] == "SUCCESS" and p["refund_required"] == "1":
+            m.payment_outcomes.labels(provider.name, "refund_required").inc()
+            m.refunds_required.labels(p["reason"]).inc()
+            log.warning(
+                "refund required",
+                extra={"txnid": p["txnid"], "cart_id": p["cart_id"], "reason": p["reason"]},
+            )
+        elif p["status"] == "SUCCESS":
+            m.payment_outcomes.labels(provider.name, "success").inc()
+            m.bookings_created.inc()
+            m.carts_converted.inc()
+            log.info(
+                "cart converted",
+                extra={
+                    "cart_id": p["cart_id"],
+                    "status": "CONVERTED",
+                    "txnid": p["txnid"],
+                    "booking_id": p["booking_id"],
+                },
+            )
+        else:
+            m.payment_outcomes.labels(provider.name, "failed").inc()
+            log.info(
+                "payment failed",
+                extra={"txnid": p["txnid"], "cart_id": p["cart_id"], "reason": p["reason"]},
+            )
+
+    async def _txnid(self, provider: Provider, notice: Notice) -> str | None:
+        if notice.txnid is not None:
+            if not ids.TXN_RE.match(notice.txnid):
+                raise BadRequest("txnid is malformed", reason="bad_txnid")
+            return notice.txnid
+        if notice.order_ref:
+            return await self.store.txnid_for_order(provider.name, notice.order_ref)
+        return None
+
+    def redirect(self, verdict: Verdict) -> str:
+        """The signed 303 target; never anything taken from the request."""
+        s = self.settings
+        if verdict.status == "SUCCESS" and verdict.booking_id:
+            return signed_url(
+                s.success_url,
+                s.return_secret,
+                [
+                    ("txnid", verdict.txnid),
+                    ("booking_id", verdict.booking_id),
+                    ("status", "success"),
+                ],
+            )
+        if verdict.status == "INITIATED" and verdict.reason == "pending":
+            status, reason = "pending", "pending"
+        else:
+            status = "failed"
+            reason = (
+                "refund_required"
+                if verdict.refund_required
+                else (verdict.reason or "payment_failed")
+            )
+        return signed_url(
+            s.failure_url,
+            s.return_secret,
+            [("txnid", verdict.txnid), ("status", status), ("reason", reason)],
+        )
+
+    def failure_redirect(self, txnid: str, reason: str) -> str:
+        return signed_url(
+            self.settings.failure_url,
+            self.settings.return_secret,
+            [("txnid", txnid), ("status", "failed"), ("reason", reason)],
+        )

@@ -1,0 +1,211 @@
+"""Settings: one frozen object, read once from the environment at start.
+
+Every value is cast and checked here; a bad value raises ``ConfigError`` naming the variable.
+An empty variable counts as unset. A ``.env``-style file may supply values the environment
+lacks (the environment wins).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+@dataclass(frozen=True)
+class PayUCredentials:
+    key: str
+    salt: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RazorpayCredentials:
+    key_id: str
+    key_secret: str = field(repr=False)
+    webhook_secret: str = field(repr=False)
+    api_url: str = "https://api.razorpay.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway reads from its environment."""
+
+    redis_url: str
+    database_url: str
+    host: str
+    port: int
+    public_url: str
+    api_keys: tuple[str, ...] = field(repr=False)
+    success_url: str
+    failure_url: str
+    return_secret: bytes = field(repr=False)
+    payu: PayUCredentials | None
+    razorpay: RazorpayCredentials | None
+    cart_ttl_s: int
+    payment_window_s: int
+    data_dir: Path
+    sandbox: bool
+    redis_prefix: str
+    partitions: int
+    payu_payment_url: str = "https://secure.payu.in/_payment"
+    max_body_bytes: int = 16 * 1024
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+    ) -> Settings:
+        """Read and check the settings; ``environ`` defaults to ``os.environ``."""
+        env = _Env(environ if environ is not None else os.environ, env_file)
+        host = env.text("GATEWAY_HOST", "127.0.0.1")
+        port = env.integer("GATEWAY_PORT", 8888, low=1, high=65535)
+        public_url = env.url("GATEWAY_PUBLIC_URL", f"http://{host}:{port}").rstrip("/")
+        keys = tuple(k.strip() for k in env.text("GATEWAY_API_KEYS", "").split(",") if k.strip())
+        if not keys:
+            raise ConfigError("GATEWAY_API_KEYS: set at least one merchant API key")
+        for key in keys:
+            if len(key) < 16:
+                raise ConfigError("GATEWAY_API_KEYS: each key must be at least 16 characters")
+        secret = env.text("GATEWAY_RETURN_SECRET", "")
+        if len(secret) < 16:
+            raise ConfigError("GATEWAY_RETURN_SECRET: required, at least 16 characters")
+
+        payu = None
+        payu_key, payu_salt = env.text("GATEWAY_PAYU_KEY", ""), env.text("GATEWAY_PAYU_SALT", "")
+        if payu_key or payu_salt:
+            if not (payu_key and payu_salt):
+                raise ConfigError("GATEWAY_PAYU_KEY and GATEWAY_PAYU_SALT must be set together")
+            payu = PayUCredentials(payu_key, payu_salt)
+
+        razorpay = None
+        rzp = [
+            env.text(name, "")
+            for name in (
+                "GATEWAY_RAZORPAY_KEY_ID",
+                "GATEWAY_RAZORPAY_KEY_SECRET",
+                "GATEWAY_RAZORPAY_WEBHOOK_SECRET",
+            )
+        ]
+        if any(rzp):
+            if not all(rzp):
+                raise ConfigError(
+                    "GATEWAY_RAZORPAY_KEY_ID, GATEWAY_RAZORPAY_KEY_SECRET and "
+                    "GATEWAY_RAZORPAY_WEBHOOK_SECRET must be set together"
+                )
+            api_url = env.url("GATEWAY_RAZORPAY_API_URL", "https://api.razorpay.com")
+            razorpay = RazorpayCredentials(rzp[0], rzp[1], rzp[2], api_url.rstrip("/"))
+
+        sandbox = env.boolean("GATEWAY_SANDBOX", False)
+        if payu is None and razorpay is None and not sandbox:
+            raise ConfigError(
+                "no payment provider configured: set GATEWAY_PAYU_KEY/GATEWAY_PAYU_SALT "
+                "or the GATEWAY_RAZORPAY_* credentials"
+            )
+        prefix = env.text("GATEWAY_REDIS_PREFIX", "gw")
+        if not PREFIX_RE.match(prefix):
+            raise ConfigError("GATEWAY_REDIS_PREFIX: 1-32 characters of A-Z a-z 0-9 _ . -")
+        return cls(
+            redis_url=env.url("GATEWAY_REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss")),
+            database_url=env.url(
+                "GATEWAY_DATABASE_URL",
+                "postgresql://127.0.0.1:5432/gateway",
+                ("postgres", "postgresql"),
+            ),
+            host=host,
+            port=port,
+            public_url=public_url,
+            api_keys=keys,
+            success_url=env.url("GATEWAY_SUCCESS_URL", None),
+            failure_url=env.url("GATEWAY_FAILURE_URL", None),
+            return_secret=secret.encode(),
+            payu=payu,
+            razorpay=razorpay,
+            cart_ttl_s=env.integer("GATEWAY_CART_TTL_S", 3600, low=60, high=30 * 86400),
+            payment_window_s=env.integer("GATEWAY_PAYMENT_WINDOW_S", 86400, low=60, high=30 * 86400),
+            data_dir=Path(env.text("GATEWAY_DATA_DIR", ".gateway")),
+            sandbox=sandbox,
+            redis_prefix=prefix,
+            partitions=env.integer("GATEWAY_PARTITIONS", 16, low=1, high=256),
+            payu_payment_url=env.url("GATEWAY_PAYU_PAYMENT_URL", "https://secure.payu.in/_payment"),
+        )
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Parse a ``.env`` file: ``NAME=value`` lines, ``#`` comments, optional quotes."""
+    values: dict[str, str] = {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc.strerror}") from None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"{path}:{number}: expected NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str], env_file: str | Path | None) -> None:
+        self._file = read_env_file(env_file) if env_file else {}
+        self._environ = environ
+
+    def _get(self, name: str) -> str | None:
+        value = self._environ.get(name) or self._file.get(name)
+        return value if value else None
+
+    def text(self, name: str, default: str) -> str:
+        value = self._get(name)
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name}: must be between {low} and {high}, got {number}")
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+    def url(
+        self, name: str, default: str | None, schemes: tuple[str, ...] = ("http", "https")
+    ) -> str:
+        value = self._get(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{name}: required")
+            return default
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ConfigError(f"{name}: expected a {'/'.join(schemes)} URL")
+        if parts.fragment:
+            raise ConfigError(f"{name}: must not have a #fragment")
+        return value

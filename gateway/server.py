@@ -1,0 +1,130 @@
+"""``gateway serve``: open the stores, serve HTTP, and stop cleanly on SIGTERM.
+
+With ``--workers N`` a supervisor forks N processes; each binds its own SO_REUSEPORT socket
+so the kernel spreads connections, and a crashed worker is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import tornado.httpserver
+import tornado.netutil
+import uvloop
+
+from gateway.app import make_app
+from gateway.config import Settings
+from store.redis_store import RedisStore
+
+log = logging.getLogger("gateway.server")
+DRAIN_TIMEOUT_S = 10.0
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    """Run one gateway process until SIGTERM or SIGINT, then drain and close."""
+    store = await RedisStore.connect(
+        settings.redis_url,
+        settings.redis_prefix,
+        cart_ttl_s=settings.cart_ttl_s,
+        payment_window_s=settings.payment_window_s,
+    )
+    async with store:
+        app = make_app(settings, store)
+        ctx = app.settings["ctx"]
+        server = tornado.httpserver.HTTPServer(
+            app, max_body_size=1024 * 1024, idle_connection_timeout=60, xheaders=False
+        )
+        sockets = tornado.netutil.bind_sockets(port, host, reuse_port=True)
+        server.add_sockets(sockets)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "gateway listening",
+            extra={
+                "host": host,
+                "port": port,
+                "pid": os.getpid(),
+                "providers": sorted(ctx.checkout.providers),
+                "sandbox": settings.sandbox,
+            },
+        )
+        await stop.wait()
+        log.info("shutting down: no new connections, finishing requests in flight")
+        ctx.draining = True
+        server.stop()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while ctx.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await server.close_all_connections()
+        log.info("stopped", extra={"unfinished": ctx.in_flight})
+
+
+def run(settings: Settings, host: str, port: int, workers: int) -> int:
+    if workers <= 1:
+        uvloop.run(serve(settings, host, port))
+        return 0
+    return _supervise(settings, host, port, workers)
+
+
+def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                uvloop.run(serve(settings, host, port))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(workers):
+        spawn(slot)
+    restarts: list[float] = []
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        slot = children.pop(pid)
+        if os.waitstatus_to_exitcode(code) != 0:
+            status = 1
+        if not stopping:
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 5 * workers:
+                log.error("workers keep dying; giving up")
+                forward(signal.SIGTERM, None)
+                continue
+            log.warning("worker exited, starting another", extra={"pid": pid, "slot": slot})
+            spawn(slot)
+    return status

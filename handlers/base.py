@@ -1,0 +1,161 @@
+"""What every handler shares: the context, auth, JSON in and out, and problem+json errors."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+import tornado.web
+
+from gateway.checkout import Checkout
+from gateway.config import Settings
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    GatewayError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from gateway.metrics import Metrics
+from store.redis_store import RedisStore
+
+log = logging.getLogger("gateway.http")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PROBLEM_BASE = "https://payment-return-gateway.dev/problems/"
+
+
+@dataclass
+class Context:
+    """What handlers are given (through ``initialize``); built once by ``gateway.app``."""
+
+    settings: Settings
+    store: RedisStore
+    checkout: Checkout
+    metrics: Metrics
+    openapi: bytes
+    draining: bool = False
+    in_flight: int = 0
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    name: ClassVar[str] = "unknown"
+    requires_auth: ClassVar[bool] = True
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.error_reason = ""
+        ctx.in_flight += 1  # every handler object ends in on_finish, which takes it back
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        rid = self.request.headers.get("X-Request-ID", "")
+        self.request_id = rid if REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
+        self.set_header("X-Request-ID", self.request_id)
+        length = self.request.headers.get("Content-Length")
+        limit = self.ctx.settings.max_body_bytes
+        if (length is not None and length.isdigit() and int(length) > limit) or len(
+            self.request.body
+        ) > limit:
+            raise BodyTooLarge(f"the body may be at most {limit} bytes", reason="body_too_large")
+        if self.requires_auth:
+            self._authenticate()
+
+    def _authenticate(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("send Authorization: Bearer <api key>", reason="no_credentials")
+        # Compare against every key, so timing does not tell which one nearly matched.
+        ok = False
+        for key in self.ctx.settings.api_keys:
+            ok |= hmac.compare_digest(token.encode(), key.encode())
+        if not ok:
+            raise Unauthorized("the API key is not valid", reason="bad_credentials")
+
+    def json_body(self) -> dict[str, Any]:
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise UnsupportedMediaType("send Content-Type: application/json", reason="content_type")
+        try:
+            body = orjson.loads(self.request.body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("the body is not valid JSON", reason="bad_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object", reason="bad_json")
+        return body
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(obj))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            status, slug, title, detail = exc.status, exc.slug, exc.title, exc.detail
+            self.error_reason = exc.reason
+        elif isinstance(exc, tornado.web.HTTPError):
+            status, slug = exc.status_code, f"http-{exc.status_code}"
+            title = self._reason
+            detail = (
+                exc.log_message % exc.args
+                if exc.log_message and exc.args
+                else (exc.log_message or title)
+            )
+            self.error_reason = f"http_{status}"
+        else:
+            status, slug, title = 500, "internal", "Internal error"
+            detail = "the gateway failed to handle this request; it has been logged"
+            self.error_reason = "internal"
+        self.set_status(status)
+        if status == 405:
+            self.set_header(
+                "Allow", ", ".join(m for m in self.SUPPORTED_METHODS if self._implements(m))
+            )
+        if 400 <= status < 500:
+            self.ctx.metrics.bad_requests.labels(self.error_reason).inc()
+        self.set_header("Content-Type", "application/problem+json")
+        self.finish(
+            orjson.dumps(
+                {
+                    "type": PROBLEM_BASE + slug,
+                    "title": title,
+                    "status": status,
+                    "detail": detail,
+                    "instance": self.request.path,
+                    "request_id": getattr(self, "request_id", None),
+                }
+            )
+        )
+
+    def _implements(self, method: str) -> bool:
+        return getattr(type(self), method.lower()) is not getattr(
+            tornado.web.RequestHandler, method.lower()
+        )
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, GatewayError | tornado.web.HTTPError):
+            return  # answered as problem+json and counted; not an error of the gateway
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        self.ctx.in_flight -= 1
+
+
+class NotFoundHandler(BaseHandler):
+    """Answers every path no route matches."""
+
+    name = "not_found"
+    requires_auth = False
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise tornado.web.HTTPError(404, "no route for %s", self.request.path)

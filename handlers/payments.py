@@ -1,0 +1,87 @@
+"""Payments: the merchant's read, the browser's return (303) and the providers' webhooks."""
+
+from __future__ import annotations
+
+from gateway.errors import BadRequest, BadSignature, Mismatch, NotFound, UnsupportedMediaType
+from gateway.providers.base import form_fields
+from handlers import validate
+from handlers.base import BaseHandler
+from store.redis_store import booking_view
+
+
+class PaymentHandler(BaseHandler):
+    name = "payment"
+
+    async def get(self, txnid: str) -> None:
+        self.write_json(await self.ctx.checkout.get_payment(validate.txnid(txnid)))
+
+
+class BookingHandler(BaseHandler):
+    name = "booking"
+
+    async def get(self, booking_id: str) -> None:
+        h = await self.ctx.store.get_booking(validate.booking_id(booking_id))
+        if h is None:
+            raise NotFound(f"no booking {booking_id}")
+        self.write_json(booking_view(h))
+
+
+class ReturnHandler(BaseHandler):
+    """The customer's browser, sent back by the provider: always a 303 or a 400."""
+
+    name = "payment_return"
+    requires_auth = False
+
+    async def get(self, provider: str) -> None:
+        await self._return(provider)
+
+    async def post(self, provider: str) -> None:
+        await self._return(provider)
+
+    async def _return(self, provider_name: str) -> None:
+        checkout = self.ctx.checkout
+        provider = checkout.provider(provider_name)
+        fields = self._fields()
+        notice = provider.read_return(fields)
+        try:
+            verdict = await checkout.settle(provider, notice, "return")
+            target = checkout.redirect(verdict)
+        except (BadSignature, Mismatch) as exc:
+            # A known payment, a notice that does not hold: the browser goes to the failure
+            # page, and nothing changes.
+            self.error_reason = exc.reason
+            self.ctx.metrics.bad_requests.labels(exc.reason).inc()
+            target = checkout.failure_redirect(notice.txnid or "", exc.reason)
+        self.redirect(target, status=303)
+
+    def _fields(self) -> dict[str, str]:
+        fields: dict[str, str] = {}
+        for name, values in self.request.query_arguments.items():
+            if len(values) != 1:
+                raise BadRequest(f"query field {name[:40]!r} given twice", reason="bad_form")
+            try:
+                fields[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("the query is not UTF-8", reason="bad_form") from None
+        if self.request.method == "POST" and self.request.body:
+            ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype != "application/x-www-form-urlencoded":
+                raise UnsupportedMediaType(
+                    "the return must be a form (application/x-www-form-urlencoded)",
+                    reason="content_type",
+                )
+            fields.update(form_fields(self.request.body))
+        return fields
+
+
+class WebhookHandler(BaseHandler):
+    """The provider's server-to-server notice: 200 once applied or already applied."""
+
+    name = "payment_webhook"
+    requires_auth = False
+
+    async def post(self, provider_name: str) -> None:
+        provider = self.ctx.checkout.provider(provider_name)
+        notice = provider.read_webhook(self.request.headers, self.request.body)
+        verdict = await self.ctx.checkout.settle(provider, notice, "webhook")
+        self.write_json(verdict.body())

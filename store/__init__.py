@@ -1,0 +1,1 @@
+"""Storage: Redis hot state (Lua scripts), and later the PostgreSQL write-behind."""

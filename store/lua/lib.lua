@@ -1,0 +1,65 @@
+-- Helpers prepended to every script of this folder (store/scripts.py does the joining).
+-- Hashes are read with HGETALL into a table; events are XADDed with one JSON document per
+-- entity so that the write-behind consumer reads typed values.
+
+local NUMERIC = {
+  version = true, rev = true, total_amount = true, amount = true, cart_version = true,
+  created_at = true, updated_at = true, expires_at = true, refund_required = true,
+}
+local RAW_JSON = { items = true }
+
+local function hload(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function flatten(t)
+  local flat = {}
+  for k, v in pairs(t) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = tostring(v)
+  end
+  return flat
+end
+
+local function save(key, t)
+  redis.call('HSET', key, unpack(flatten(t)))
+end
+
+local function to_json(t)
+  local parts = {}
+  for k, v in pairs(t) do
+    local value
+    if RAW_JSON[k] then
+      value = v
+    elseif NUMERIC[k] then
+      value = cjson.encode(tonumber(v))
+    else
+      value = cjson.encode(tostring(v))
+    end
+    parts[#parts + 1] = cjson.encode(k) .. ':' .. value
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+-- ACTIVE/CHECKOUT carts past expires_at are EXPIRED, whatever the stored field says.
+local function effective_status(cart, now)
+  local s = cart.status
+  if (s == 'ACTIVE' or s == 'CHECKOUT') and tonumber(cart.expires_at) <= now then
+    return 'EXPIRED'
+  end
+  return s
+end
+
+-- XADD stream * type <t> at <now> [name json]...
+local function emit(stream, event_type, now, entities)
+  local args = { 'XADD', stream, '*', 'type', event_type, 'at', tostring(now) }
+  for _, pair in ipairs(entities) do
+    args[#args + 1] = pair[1]
+    args[#args + 1] = to_json(pair[2])
+  end
+  return redis.call(unpack(args))
+end

@@ -1,0 +1,358 @@
+"""Hot state in Redis: carts, payments, bookings. Every state change is one Lua script."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from store import keys as ids
+from store.keys import Keys
+from store.scripts import Scripts
+
+log = logging.getLogger("gateway.store")
+
+# Limits that keep every amount an exact integer in Lua (doubles, printed with 14 digits).
+MAX_ITEMS = 50
+MAX_QUANTITY = 1000
+MAX_TOTAL = 10**12
+# An expired cart is kept this long so that it answers EXPIRED (409) rather than 404.
+EXPIRED_KEEP_MS = 86_400_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso(ms: int) -> str:
+    t = time.gmtime(ms / 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms % 1000:03d}Z"
+
+
+def cart_view(h: dict[str, str], now: int | None = None) -> dict[str, Any]:
+    status = h["status"]
+    if status in ("ACTIVE", "CHECKOUT") and int(h["expires_at"]) <= (now or now_ms()):
+        status = "EXPIRED"
+    items = orjson.loads(h["items"])
+    for item in items:
+        item["unit_amount"] = int(item["unit_amount"])
+        item["quantity"] = int(item["quantity"])
+        item["line_amount"] = item["unit_amount"] * item["quantity"]
+    return {
+        "cart_id": h["cart_id"],
+        "user_id": h["user_id"],
+        "currency": h["currency"],
+        "status": status,
+        "items": items,
+        "total_amount": int(h["total_amount"]),
+        "version": int(h["version"]),
+        "created_at": iso(int(h["created_at"])),
+        "updated_at": iso(int(h["updated_at"])),
+        "expires_at": None if status == "CONVERTED" else iso(int(h["expires_at"])),
+    }
+
+
+def payment_view(h: dict[str, str]) -> dict[str, Any]:
+    return {
+        "txnid": h["txnid"],
+        "cart_id": h["cart_id"],
+        "user_id": h["user_id"],
+        "provider": h["provider"],
+        "amount": int(h["amount"]),
+        "currency": h["currency"],
+        "status": h["status"],
+        "cart_version": int(h["cart_version"]),
+        "provider_order_id": h["provider_ref"] or None,
+        "provider_payment_id": h["provider_payment_id"] or None,
+        "booking_id": h["booking_id"] or None,
+        "refund_required": h["refund_required"] == "1",
+        "reason": h["reason"] or None,
+        "created_at": iso(int(h["created_at"])),
+        "updated_at": iso(int(h["updated_at"])),
+    }
+
+
+def booking_view(h: dict[str, str]) -> dict[str, Any]:
+    items = orjson.loads(h["items"])
+    for item in items:
+        item["unit_amount"] = int(item["unit_amount"])
+        item["quantity"] = int(item["quantity"])
+        item["line_amount"] = item["unit_amount"] * item["quantity"]
+    return {
+        "booking_id": h["booking_id"],
+        "cart_id": h["cart_id"],
+        "txnid": h["txnid"],
+        "user_id": h["user_id"],
+        "status": h["status"],
+        "items": items,
+        "amount": int(h["amount"]),
+        "currency": h["currency"],
+        "created_at": iso(int(h["created_at"])),
+    }
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a provider notice did to a payment (or found already done)."""
+
+    payment: dict[str, str]
+    applied: bool
+
+    @property
+    def status(self) -> str:
+        return self.payment["status"]
+
+    @property
+    def booking_id(self) -> str:
+        return self.payment["booking_id"]
+
+    @property
+    def refund_required(self) -> bool:
+        return self.payment["refund_required"] == "1"
+
+
+class RedisStore:
+    """Carts, payments and bookings in Redis. Use as ``async with RedisStore.connect(...)``."""
+
+    def __init__(
+        self, client: Redis, keys: Keys, *, cart_ttl_s: int, payment_window_s: int
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = Scripts.register(client)
+        self.cart_ttl_ms = cart_ttl_s * 1000
+        self.window_ms = payment_window_s * 1000
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        cart_ttl_s: int,
+        payment_window_s: int,
+        attempts: int = 5,
+    ) -> RedisStore:
+        """Connect, retrying with backoff, and load the scripts."""
+        client = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=256,
+        )
+        store = cls(client, Keys(prefix), cart_ttl_s=cart_ttl_s, payment_window_s=payment_window_s)
+        delay = 0.1
+        for attempt in range(1, attempts + 1):
+            try:
+                await client.ping()
+                break
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if attempt == attempts:
+                    await store.close()
+                    raise Unavailable(f"Redis did not answer after {attempts} attempts") from exc
+                log.warning(
+                    "redis connect failed, retrying",
+                    extra={"attempt": attempt, "delay_s": delay, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        await store.scripts.load(client)
+        return store
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.client.aclose()
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except RedisError:
+            return False
+
+    # carts
+
+    async def create_cart(self, partitions: int, user_id: str, currency: str) -> dict[str, Any]:
+        for _ in range(5):
+            cart_id = ids.new_cart_id(partitions)
+            res = await self.scripts.cart_create(
+                keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
+                args=[cart_id, user_id, currency, now_ms(), self.cart_ttl_ms, EXPIRED_KEEP_MS],
+            )
+            if res[0] == "ok":
+                return cart_view(_pairs(res[1]))
+        raise Conflict("could not allocate a cart id")  # 5 collisions of 70 random bits
+
+    async def get_cart(self, cart_id: str) -> dict[str, Any]:
+        return cart_view(await self.get_cart_raw(cart_id))
+
+    async def get_cart_raw(self, cart_id: str) -> dict[str, str]:
+        h = await self._hgetall(self.keys.cart(cart_id))
+        if not h:
+            raise NotFound(f"no cart {cart_id}")
+        return h
+
+    async def change_items(
+        self,
+        cart_id: str,
+        op: str,
+        service_id: str,
+        name: str = "",
+        unit_amount: int = 0,
+        quantity: int = 0,
+    ) -> dict[str, Any]:
+        now = now_ms()
+        res = await self.scripts.cart_items(
+            keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
+            args=[
+                op,
+                now,
+                self.cart_ttl_ms,
+                EXPIRED_KEEP_MS,
+                service_id,
+                name,
+                unit_amount,
+                quantity,
+                MAX_ITEMS,
+                MAX_QUANTITY,
+                MAX_TOTAL,
+            ],
+        )
+        match res[0]:
+            case "ok":
+                return cart_view(_pairs(res[1]), now)
+            case "notfound":
+                raise NotFound(f"no cart {cart_id}")
+            case "noitem":
+                raise NotFound(f"service {service_id} is not in cart {cart_id}")
+            case "conflict":
+                raise Conflict(res[1], reason="cart_state")
+            case "limit":
+                raise ValidationFailed(res[1], reason="cart_limit")
+        raise RuntimeError(f"cart_items returned {res[0]!r}")
+
+    # payments
+
+    async def start_payment(
+        self,
+        cart_id: str,
+        txnid: str,
+        provider: str,
+        version: int,
+        amount: int,
+        provider_ref: str,
+    ) -> dict[str, str]:
+        res = await self.scripts.payment_start(
+            keys=[self.keys.cart(cart_id), self.keys.payment(txnid), self.keys.stream_of(cart_id)],
+            args=[
+                txnid,
+                provider,
+                version,
+                amount,
+                now_ms(),
+                self.window_ms,
+                EXPIRED_KEEP_MS,
+                provider_ref,
+            ],
+        )
+        match res[0]:
+            case "ok":
+                return _pairs(res[1])
+            case "notfound":
+                raise NotFound(f"no cart {cart_id}")
+            case "conflict":
+                raise Conflict(res[1], reason="cart_state")
+            case "stale":
+                raise Conflict(
+                    "the cart changed while the payment was being started; try again",
+                    reason="cart_changed",
+                )
+            case "exists":
+                raise Conflict(f"payment {txnid} exists", reason="txnid_taken")
+        raise RuntimeError(f"payment_start returned {res[0]!r}")
+
+    async def get_payment(self, txnid: str) -> dict[str, str] | None:
+        h = await self._hgetall(self.keys.payment(txnid))
+        return h or None
+
+    async def payment_exists(self, txnid: str) -> bool:
+        return bool(await self.client.exists(self.keys.payment(txnid)))
+
+    async def get_booking(self, booking_id: str) -> dict[str, str] | None:
+        h = await self._hgetall(self.keys.booking(booking_id))
+        return h or None
+
+    async def settle(
+        self,
+        txnid: str,
+        outcome: str,
+        provider: str,
+        *,
+        amount: int | None = None,
+        currency: str | None = None,
+        order_ref: str = "",
+        provider_payment_id: str = "",
+        reason: str = "",
+    ) -> Settled | str:
+        """Apply a verified notice: ``Settled``, or ``"notfound"`` or ``"mismatch:<field>"``."""
+        cart_id = ids.cart_id_of_txn(txnid)
+        booking_id = ids.booking_id_for(cart_id)
+        res = await self.scripts.payment_settle(
+            keys=[
+                self.keys.cart(cart_id),
+                self.keys.payment(txnid),
+                self.keys.booking(booking_id),
+                self.keys.stream_of(txnid),
+            ],
+            args=[
+                outcome,
+                provider,
+                "" if amount is None else amount,
+                currency or "",
+                order_ref,
+                provider_payment_id,
+                reason,
+                now_ms(),
+                booking_id,
+            ],
+        )
+        if res[0] == "done":
+            return Settled(_pairs(res[1]), res[2] == "1")
+        if res[0] == "mismatch":
+            return f"mismatch:{res[1]}"
+        return "notfound"
+
+    async def index_order(self, provider: str, order_id: str, txnid: str, ttl_s: int) -> None:
+        await self.client.set(self.keys.order_index(provider, order_id), txnid, ex=ttl_s)
+
+    async def txnid_for_order(self, provider: str, order_id: str) -> str | None:
+        value = await self.client.get(self.keys.order_index(provider, order_id))
+        return cast(str | None, value)
+
+    async def _hgetall(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], await self.client.hgetall(key))

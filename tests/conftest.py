@@ -1,0 +1,218 @@
+"""Fixtures: a gateway on a free port against the real Redis, under a key prefix of its own.
+
+Service URLs come from the environment (TEST_REDIS_URL), defaulting to the local Redis.
+Every fixture removes what it made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio
+import tornado.httpserver
+import tornado.testing
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from gateway.app import make_app
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from store.redis_store import RedisStore
+from tests import payu_sign
+from tests.razorpay_standin import RazorpayStandIn
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+API_KEY = "test-key-0123456789abcdef"
+RETURN_SECRET = "return-secret-0123456789"
+PAYU_KEY, PAYU_SALT = "payukey1", "payusalt-0123456789"
+RZP_KEY_ID, RZP_SECRET, RZP_WEBHOOK_SECRET = "rzp_test_key", "rzp-secret-xyz", "rzp-webhook-s3cret"
+SUCCESS_URL = "https://merchant.example/pay/success?src=gw"
+FAILURE_URL = "https://merchant.example/pay/failure"
+
+
+def base_env(prefix: str, **extra: str) -> dict[str, str]:
+    env = {
+        "GATEWAY_REDIS_URL": REDIS_URL,
+        "GATEWAY_REDIS_PREFIX": prefix,
+        "GATEWAY_API_KEYS": f"other-key-0123456789,{API_KEY}",
+        "GATEWAY_RETURN_SECRET": RETURN_SECRET,
+        "GATEWAY_SUCCESS_URL": SUCCESS_URL,
+        "GATEWAY_FAILURE_URL": FAILURE_URL,
+        "GATEWAY_PAYU_KEY": PAYU_KEY,
+        "GATEWAY_PAYU_SALT": PAYU_SALT,
+        "GATEWAY_RAZORPAY_KEY_ID": RZP_KEY_ID,
+        "GATEWAY_RAZORPAY_KEY_SECRET": RZP_SECRET,
+        "GATEWAY_RAZORPAY_WEBHOOK_SECRET": RZP_WEBHOOK_SECRET,
+        "GATEWAY_PUBLIC_URL": "https://gateway.example",
+    }
+    env.update(extra)
+    return env
+
+
+class Client:
+    """Talks HTTP to the gateway under test; redirects are never followed."""
+
+    def __init__(self, base_url: str, store: RedisStore, settings: Settings) -> None:
+        self.base_url = base_url
+        self.store = store
+        self.redis = store.client
+        self.keys = store.keys
+        self.settings = settings
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=200)
+
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        form: dict[str, str] | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+    ) -> HTTPResponse:
+        hdrs = dict(headers or {})
+        if auth:
+            hdrs.setdefault("Authorization", f"Bearer {API_KEY}")
+        if json is not None:
+            body = orjson.dumps(json)
+            hdrs.setdefault("Content-Type", "application/json")
+        elif form is not None:
+            body = urllib.parse.urlencode(form).encode()
+            hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        return await self.http.fetch(
+            self.base_url + path,
+            method=method,
+            body=body,
+            headers=hdrs,
+            follow_redirects=False,
+            raise_error=False,
+            allow_nonstandard_methods=True,
+            request_timeout=30,
+        )
+
+    async def json(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
+        resp = await self.fetch(method, path, **kw)
+        assert resp.code == expect, (resp.code, resp.body)
+        return orjson.loads(resp.body)
+
+    async def cart_with_items(self, currency: str = "INR", items: int = 2) -> dict[str, Any]:
+        cart = await self.json("POST", "/v1/carts", 201,
+                               json={"user_id": "user-1", "currency": currency})
+        for i in range(items):
+            cart = await self.json(
+                "POST",
+                f"/v1/carts/{cart['cart_id']}/items",
+                json={"service_id": f"svc-{i}", "name": f"Service {i}",
+                      "unit_amount": 49900 + i * 100, "quantity": i + 1},
+            )
+        return dict(cart)
+
+    async def start(self, cart_id: str, provider: str = "payu") -> dict[str, Any]:
+        return dict(await self.json(
+            "POST",
+            f"/v1/carts/{cart_id}/payments",
+            201,
+            json={"provider": provider,
+                  "customer": {"firstname": "Asha", "email": "asha@example.com",
+                               "phone": "+919876543210"}},
+        ))
+
+    async def payu_return(self, payment: dict[str, Any], status: str = "success",
+                          **overrides: str) -> HTTPResponse:
+        form = payu_sign.response_form(payment["redirect"]["fields"], status, PAYU_SALT,
+                                       **overrides)
+        return await self.fetch("POST", "/v1/payments/payu/return", form=form, auth=False)
+
+    async def events(self) -> list[dict[str, Any]]:
+        """Every event on every partition stream, decoded."""
+        out = []
+        for part in range(self.settings.partitions):
+            for _id, fields in await self.redis.xrange(self.keys.stream(part)):
+                out.append({k: (orjson.loads(v) if k in ("cart", "payment", "booking") else v)
+                            for k, v in fields.items()})
+        return out
+
+    async def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"gwtest-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def razorpay_api() -> AsyncIterator[RazorpayStandIn]:
+    standin = RazorpayStandIn(RZP_KEY_ID, RZP_SECRET)
+    await standin.start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def settings(prefix: str, razorpay_api: RazorpayStandIn) -> Settings:
+    env = base_env(prefix, GATEWAY_RAZORPAY_API_URL=razorpay_api.url)
+    return Settings.from_env(env)
+
+
+async def open_gateway(settings: Settings) -> tuple[Client, tornado.httpserver.HTTPServer]:
+    store = await RedisStore.connect(
+        settings.redis_url, settings.redis_prefix,
+        cart_ttl_s=settings.cart_ttl_s, payment_window_s=settings.payment_window_s,
+    )
+    app = make_app(settings, store, Metrics())
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app, max_body_size=1024 * 1024)
+    server.add_sockets([sock])
+    client = Client(f"http://127.0.0.1:{port}", store, settings)
+    client.app = app  # type: ignore[attr-defined]
+    return client, server
+
+
+async def drop_keys(url: str, prefix: str) -> None:
+    r = redis.asyncio.Redis.from_url(url)
+    try:
+        async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            await r.delete(key)
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+async def gw(settings: Settings) -> AsyncIterator[Client]:
+    client, server = await open_gateway(settings)
+    yield client
+    server.stop()
+    await server.close_all_connections()
+    await client.close()
+    await client.store.close()
+    await drop_keys(settings.redis_url, settings.redis_prefix)
+
+
+@pytest.fixture
+async def make_gw(prefix: str, razorpay_api: RazorpayStandIn) -> AsyncIterator[Any]:
+    """Factory for a gateway with changed settings: ``await make_gw(cart_ttl_s=1)``."""
+    opened: list[tuple[Client, tornado.httpserver.HTTPServer]] = []
+
+    async def factory(**changes: Any) -> Client:
+        base = Settings.from_env(base_env(prefix, GATEWAY_RAZORPAY_API_URL=razorpay_api.url))
+        pair = await open_gateway(dataclasses.replace(base, **changes))
+        opened.append(pair)
+        return pair[0]
+
+    yield factory
+    for client, server in opened:
+        server.stop()
+        await server.close_all_connections()
+        await client.close()
+        await client.store.close()
+    await drop_keys(REDIS_URL, prefix)
