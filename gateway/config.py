@@ -127,7 +127,9 @@ class Settings:
             payu=payu,
             razorpay=razorpay,
             cart_ttl_s=env.integer("GATEWAY_CART_TTL_S", 3600, low=60, high=30 * 86400),
-            payment_window_s=env.integer("GATEWAY_PAYMENT_WINDOW_S", 86400, low=60, high=30 * 86400),
+            payment_window_s=env.integer(
+                "GATEWAY_PAYMENT_WINDOW_S", 86400, low=60, high=30 * 86400
+            ),
             data_dir=Path(env.text("GATEWAY_DATA_DIR", ".gateway")),
             sandbox=sandbox,
             redis_prefix=prefix,

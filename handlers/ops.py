@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.base import BaseHandler
@@ -12,7 +14,7 @@ class HealthHandler(BaseHandler):
     requires_auth = False
 
     def get(self) -> None:
-        self.write_json({"status": "ok"})
+        self.write_json({"status": "ok", "pid": os.getpid()})
 
 
 class ReadyHandler(BaseHandler):

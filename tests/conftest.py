@@ -7,7 +7,6 @@ Every fixture removes what it made.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -24,10 +23,10 @@ from gateway.app import make_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from store.redis_store import RedisStore
-from tests import payu_sign
+from tests import payu_sign, services
 from tests.razorpay_standin import RazorpayStandIn
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = services.redis_url()
 API_KEY = "test-key-0123456789abcdef"
 RETURN_SECRET = "return-secret-0123456789"
 PAYU_KEY, PAYU_SALT = "payukey1", "payusalt-0123456789"
@@ -105,31 +104,45 @@ class Client:
         return orjson.loads(resp.body)
 
     async def cart_with_items(self, currency: str = "INR", items: int = 2) -> dict[str, Any]:
-        cart = await self.json("POST", "/v1/carts", 201,
-                               json={"user_id": "user-1", "currency": currency})
+        cart = await self.json(
+            "POST", "/v1/carts", 201, json={"user_id": "user-1", "currency": currency}
+        )
         for i in range(items):
             cart = await self.json(
                 "POST",
                 f"/v1/carts/{cart['cart_id']}/items",
-                json={"service_id": f"svc-{i}", "name": f"Service {i}",
-                      "unit_amount": 49900 + i * 100, "quantity": i + 1},
+                json={
+                    "service_id": f"svc-{i}",
+                    "name": f"Service {i}",
+                    "unit_amount": 49900 + i * 100,
+                    "quantity": i + 1,
+                },
             )
         return dict(cart)
 
     async def start(self, cart_id: str, provider: str = "payu") -> dict[str, Any]:
-        return dict(await self.json(
-            "POST",
-            f"/v1/carts/{cart_id}/payments",
-            201,
-            json={"provider": provider,
-                  "customer": {"firstname": "Asha", "email": "asha@example.com",
-                               "phone": "+919876543210"}},
-        ))
+        return dict(
+            await self.json(
+                "POST",
+                f"/v1/carts/{cart_id}/payments",
+                201,
+                json={
+                    "provider": provider,
+                    "customer": {
+                        "firstname": "Asha",
+                        "email": "asha@example.com",
+                        "phone": "+919876543210",
+                    },
+                },
+            )
+        )
 
-    async def payu_return(self, payment: dict[str, Any], status: str = "success",
-                          **overrides: str) -> HTTPResponse:
-        form = payu_sign.response_form(payment["redirect"]["fields"], status, PAYU_SALT,
-                                       **overrides)
+    async def payu_return(
+        self, payment: dict[str, Any], status: str = "success", **overrides: str
+    ) -> HTTPResponse:
+        form = payu_sign.response_form(
+            payment["redirect"]["fields"], status, PAYU_SALT, **overrides
+        )
         return await self.fetch("POST", "/v1/payments/payu/return", form=form, auth=False)
 
     async def events(self) -> list[dict[str, Any]]:
@@ -137,8 +150,12 @@ class Client:
         out = []
         for part in range(self.settings.partitions):
             for _id, fields in await self.redis.xrange(self.keys.stream(part)):
-                out.append({k: (orjson.loads(v) if k in ("cart", "payment", "booking") else v)
-                            for k, v in fields.items()})
+                out.append(
+                    {
+                        k: (orjson.loads(v) if k in ("cart", "payment", "booking") else v)
+                        for k, v in fields.items()
+                    }
+                )
         return out
 
     async def close(self) -> None:
@@ -166,8 +183,10 @@ def settings(prefix: str, razorpay_api: RazorpayStandIn) -> Settings:
 
 async def open_gateway(settings: Settings) -> tuple[Client, tornado.httpserver.HTTPServer]:
     store = await RedisStore.connect(
-        settings.redis_url, settings.redis_prefix,
-        cart_ttl_s=settings.cart_ttl_s, payment_window_s=settings.payment_window_s,
+        settings.redis_url,
+        settings.redis_prefix,
+        cart_ttl_s=settings.cart_ttl_s,
+        payment_window_s=settings.payment_window_s,
     )
     app = make_app(settings, store, Metrics())
     sock, port = tornado.testing.bind_unused_port()

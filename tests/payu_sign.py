@@ -11,30 +11,78 @@ def sha512(text: str) -> str:
 
 
 def request_hash(f: dict[str, Any], salt: str) -> str:
-    seq = [f["key"], f["txnid"], f["amount"], f["productinfo"], f["firstname"], f["email"],
-           f["udf1"], f["udf2"], f["udf3"], f["udf4"], f["udf5"], "", "", "", "", "", salt]
+    seq = [
+        f["key"],
+        f["txnid"],
+        f["amount"],
+        f["productinfo"],
+        f["firstname"],
+        f["email"],
+        f["udf1"],
+        f["udf2"],
+        f["udf3"],
+        f["udf4"],
+        f["udf5"],
+        "",
+        "",
+        "",
+        "",
+        "",
+        salt,
+    ]
     return sha512("|".join(seq))
 
 
 def response_hash(f: dict[str, str], salt: str) -> str:
-    seq = [salt, f["status"], "", "", "", "", "", f["udf5"], f["udf4"], f["udf3"], f["udf2"],
-           f["udf1"], f["email"], f["firstname"], f["productinfo"], f["amount"], f["txnid"],
-           f["key"]]
+    seq = [
+        salt,
+        f["status"],
+        "",
+        "",
+        "",
+        "",
+        "",
+        f["udf5"],
+        f["udf4"],
+        f["udf3"],
+        f["udf2"],
+        f["udf1"],
+        f["email"],
+        f["firstname"],
+        f["productinfo"],
+        f["amount"],
+        f["txnid"],
+        f["key"],
+    ]
     text = "|".join(seq)
     if f.get("additionalCharges"):
         text = f["additionalCharges"] + "|" + text
     return sha512(text)
 
 
-def response_form(request_fields: dict[str, Any], status: str, salt: str,
-                  **overrides: str) -> dict[str, str]:
+def response_form(
+    request_fields: dict[str, Any], status: str, salt: str, **overrides: str
+) -> dict[str, str]:
     """What PayU posts back to surl/furl for the form the gateway gave the browser.
 
     ``overrides`` change fields before signing; ``hash=...`` replaces the signature itself.
     """
-    f = {k: str(request_fields[k]) for k in ("key", "txnid", "amount", "productinfo",
-                                             "firstname", "email", "udf1", "udf2", "udf3",
-                                             "udf4", "udf5")}
+    f = {
+        k: str(request_fields[k])
+        for k in (
+            "key",
+            "txnid",
+            "amount",
+            "productinfo",
+            "firstname",
+            "email",
+            "udf1",
+            "udf2",
+            "udf3",
+            "udf4",
+            "udf5",
+        )
+    }
     f.update(status=status, mihpayid="403993715531234567")
     forced_hash = overrides.pop("hash", None)
     f.update(overrides)

@@ -26,8 +26,9 @@ class _Orders(tornado.web.RequestHandler):
         expected = "Basic " + base64.b64encode(f"{s.key_id}:{s.key_secret}".encode()).decode()
         if self.request.headers.get("Authorization") != expected:
             self.set_status(401)
-            self.finish({"error": {"code": "BAD_REQUEST_ERROR",
-                                   "description": "Authentication failed"}})
+            self.finish(
+                {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}}
+            )
             return
         if s.delay:
             await asyncio.sleep(s.delay)

@@ -1,0 +1,153 @@
+"""``gateway serve`` as a real process: configuration errors, SIGTERM, several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+
+from tests.conftest import API_KEY, base_env, drop_keys
+from tests.services import free_port
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("gateway did not come up")
+
+
+@pytest.fixture
+def env(prefix, razorpay_api):
+    from tests.conftest import REDIS_URL
+
+    port = free_port()
+    return base_env(
+        prefix,
+        GATEWAY_PORT=str(port),
+        GATEWAY_RAZORPAY_API_URL=razorpay_api.url,
+        GATEWAY_REDIS_URL=REDIS_URL,
+    )
+
+
+@pytest.mark.parametrize(
+    "change,name",
+    [
+        ({"GATEWAY_RETURN_SECRET": ""}, "GATEWAY_RETURN_SECRET"),
+        ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
+        ({"GATEWAY_SUCCESS_URL": "ftp://x"}, "GATEWAY_SUCCESS_URL"),
+        ({"GATEWAY_API_KEYS": ""}, "GATEWAY_API_KEYS"),
+        ({"GATEWAY_PAYU_SALT": ""}, "GATEWAY_PAYU_SALT"),
+        ({"GATEWAY_CART_TTL_S": "-1"}, "GATEWAY_CART_TTL_S"),
+    ],
+)
+def test_config_errors_name_the_variable(env, change, name):
+    proc = start({**env, **change})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert name in err.decode()
+    for secret in ("return-secret-0123456789", "payusalt-0123456789", API_KEY):
+        assert secret not in err.decode()
+
+
+async def test_sigterm_finishes_in_flight_requests(env, razorpay_api, prefix):
+    port = int(env["GATEWAY_PORT"])
+    proc = start(env)
+    try:
+        await asyncio.to_thread(wait_ready, port, proc)
+        from tornado.httpclient import AsyncHTTPClient
+
+        http = AsyncHTTPClient(force_instance=True)
+        base = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        cart = orjson.loads(
+            (
+                await http.fetch(
+                    f"{base}/v1/carts",
+                    method="POST",
+                    headers=auth,
+                    body=orjson.dumps({"user_id": "u", "currency": "INR"}),
+                )
+            ).body
+        )
+        await http.fetch(
+            f"{base}/v1/carts/{cart['cart_id']}/items",
+            method="POST",
+            headers=auth,
+            body=orjson.dumps({"service_id": "s", "name": "S", "unit_amount": 100, "quantity": 1}),
+        )
+        razorpay_api.delay = 1.0  # the payment call will be in flight when SIGTERM comes
+        pending = asyncio.ensure_future(
+            http.fetch(
+                f"{base}/v1/carts/{cart['cart_id']}/payments",
+                method="POST",
+                headers=auth,
+                raise_error=False,
+                body=orjson.dumps(
+                    {
+                        "provider": "razorpay",
+                        "customer": {"firstname": "A", "email": "a@b.co", "phone": "9876543210"},
+                    }
+                ),
+            )
+        )
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        resp = await pending
+        assert resp.code == 201, resp.body
+        code = await asyncio.to_thread(proc.wait, 20)
+        assert code == 0
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{base}/healthz", timeout=1)
+        http.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+async def test_workers_share_the_port(env, prefix):
+    port = int(env["GATEWAY_PORT"])
+    proc = start(env, "--workers", "2")
+    try:
+        await asyncio.to_thread(wait_ready, port, proc)
+        pids = set()
+        for _ in range(200):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                pids.add(orjson.loads(r.read())["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2 and proc.pid not in pids
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
