@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
+import orjson
 import tornado.web
 
+from gateway import openapi
 from gateway.checkout import Checkout
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -26,7 +27,6 @@ from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, Web
 from store.redis_store import RedisStore
 
 log = logging.getLogger("gateway.http")
-OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 SEG = r"([^/]+)"
 
 ROUTES: list[tuple[str, type[BaseHandler]]] = [
@@ -56,7 +56,7 @@ def make_app(
     metrics = metrics or Metrics()
     providers = build_providers(settings) if providers is None else providers
     checkout = Checkout(settings, store, providers, metrics)
-    ctx = Context(settings, store, checkout, metrics, OPENAPI_PATH.read_bytes())
+    ctx = Context(settings, store, checkout, metrics, orjson.dumps(openapi.document()))
     histogram = metrics.request_duration
 
     def log_request(handler: Any) -> None:

@@ -38,7 +38,7 @@ EXPONENTS: dict[str, int] = {
     "OMR": 3,
     "JOD": 3,
 }
-_DECIMAL_RE = re.compile(r"^\d{1,13}(\.\d{1,3})?$")
+DECIMAL_RE = re.compile(r"^\d{1,13}(\.\d{1,3})?$")
 
 
 def exponent(currency: str) -> int:
@@ -56,7 +56,7 @@ def to_decimal_string(minor: int, currency: str) -> str:
 
 def parse_decimal(text: str, currency: str) -> int | None:
     """'499.00' INR -> 49900; None when the text is not an exact amount in that currency."""
-    if not _DECIMAL_RE.match(text):
+    if not DECIMAL_RE.match(text):
         return None
     try:
         value = Decimal(text) * (10 ** EXPONENTS[currency])

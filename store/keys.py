@@ -72,6 +72,13 @@ class Keys:
     def stream(self, partition: int) -> str:
         return f"{self.prefix}:{{{partition:02x}}}:events"
 
+    def deadletter(self, partition: int) -> str:
+        """Events the write-behind could not write, with the error (same slot as the stream)."""
+        return f"{self.prefix}:{{{partition:02x}}}:deadletter"
+
+    def deadletter_of_stream(self, stream: str) -> str:
+        return stream.removesuffix(":events") + ":deadletter"
+
     def order_index(self, provider: str, order_id: str) -> str:
         """Provider order id -> txnid (Razorpay's webhook names the order, not our txnid)."""
         return f"{self.prefix}:order:{provider}:{order_id}"

@@ -1,0 +1,215 @@
+"""PostgreSQL: the durable record. All SQL of the carts, payments and bookings tables is here.
+
+Writes are idempotent batch upserts, one ``INSERT … SELECT FROM unnest(…) ON CONFLICT`` per
+table (decision 9 in docs/decisions.md has the figures that chose it); a row only moves
+forward (``WHERE table.rev < EXCLUDED.rev``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from store.events import BOOKING_COLUMNS, CART_COLUMNS, PAYMENT_COLUMNS, TIME_COLUMNS, Rows
+
+log = logging.getLogger("gateway.pg")
+SQL_DIR = Path(__file__).with_name("sql")
+DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MIGRATE_LOCK = 0x6761_7465  # advisory lock key: one migrator at a time
+
+_TYPES = {
+    "total_amount": "int8",
+    "amount": "int8",
+    "version": "int4",
+    "cart_version": "int4",
+    "rev": "int4",
+    "refund_required": "bool",
+    "created_at": "int8",
+    "updated_at": "int8",
+    "expires_at": "int8",
+}
+
+
+def _upsert(table: str, columns: Sequence[str], key: str, versioned: bool, force: bool) -> str:
+    arrays = ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
+    select = ", ".join(
+        f"'epoch'::timestamptz + t.{c} * interval '1 millisecond'"
+        if c in TIME_COLUMNS
+        else f"t.{c}::jsonb"
+        if c == "items"
+        else f"t.{c}"
+        for c in columns
+    )
+    sql = (
+        # built once at import from the constant column lists above: no input reaches it
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "  # noqa: S608
+        f"FROM unnest({arrays}) AS t({', '.join(columns)}) "
+    )
+    if not versioned:
+        return sql + f"ON CONFLICT ({key}) DO NOTHING"
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
+    # Replays (force=False) change nothing at an equal rev; a repair rewrites an equal rev.
+    op = "<=" if force else "<"
+    return sql + f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {table}.rev {op} EXCLUDED.rev"
+
+
+def _select(table: str, columns: Sequence[str], key: str) -> str:
+    cols = ", ".join(
+        f"(extract(epoch from {c}) * 1000)::int8 AS {c}"
+        if c in TIME_COLUMNS
+        else f"{c}::text AS {c}"
+        if c == "items"
+        else c
+        for c in columns
+    )
+    return f"SELECT {cols} FROM {table} WHERE {key} = ANY($1::text[])"  # noqa: S608
+
+
+SQL = {
+    "carts": _upsert("carts", CART_COLUMNS, "cart_id", True, False),
+    "payments": _upsert("payments", PAYMENT_COLUMNS, "txnid", True, False),
+    "bookings": _upsert("bookings", BOOKING_COLUMNS, "booking_id", False, False),
+    "carts!": _upsert("carts", CART_COLUMNS, "cart_id", True, True),
+    "payments!": _upsert("payments", PAYMENT_COLUMNS, "txnid", True, True),
+    "bookings!": _upsert("bookings", BOOKING_COLUMNS, "booking_id", False, True),
+}
+SELECT = {
+    "carts": _select("carts", CART_COLUMNS, "cart_id"),
+    "payments": _select("payments", PAYMENT_COLUMNS, "txnid"),
+    "bookings": _select("bookings", BOOKING_COLUMNS, "booking_id"),
+}
+
+
+def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for i, value in enumerate(row):
+            cols[i].append(value)
+    return cols
+
+
+async def write_rows(conn: asyncpg.Connection, rows: Rows, force: bool = False) -> None:
+    """Upsert a batch's rows on ``conn`` (the caller owns the transaction)."""
+    bang = "!" if force else ""
+    if rows.carts:
+        await conn.execute(SQL["carts" + bang], *_columns(rows.carts.values(), len(CART_COLUMNS)))
+    if rows.payments:
+        await conn.execute(
+            SQL["payments" + bang], *_columns(rows.payments.values(), len(PAYMENT_COLUMNS))
+        )
+    if rows.bookings:
+        await conn.execute(
+            SQL["bookings" + bang], *_columns(rows.bookings.values(), len(BOOKING_COLUMNS))
+        )
+
+
+def as_hash(record: asyncpg.Record) -> dict[str, str]:
+    """A row in the shape of its Redis hash (strings), so one view serves both."""
+    out: dict[str, str] = {}
+    for key, value in record.items():
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, bool):
+            out[key] = "1" if value else "0"
+        else:
+            out[key] = str(value)
+    return out
+
+
+class PgStore:
+    """A pool that connects lazily: the gateway starts, and serves, with PostgreSQL down."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self._closed = False
+
+    @classmethod
+    async def open(cls, dsn: str, max_size: int = 4) -> PgStore:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            command_timeout=30,
+            timeout=5,
+            max_inactive_connection_lifetime=60,
+        )
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.pool.close()
+
+    async def __aenter__(self) -> PgStore:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def fetch(self, table: str, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Rows of ``table`` by primary key, each in its Redis hash shape."""
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(SELECT[table], list(ids))
+        return {r[0]: as_hash(r) for r in records}
+
+    async def fetch_one(self, table: str, key: str) -> dict[str, str] | None:
+        return (await self.fetch(table, [key])).get(key)
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply the SQL files of ``store/sql`` not yet applied, in order; create the database if
+    it does not exist. Safe to run again, and from several processes at once."""
+    conn = await _connect_creating(dsn)
+    applied_now: list[str] = []
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for path in sorted(SQL_DIR.glob("*.sql")):
+                version = int(path.name.split("_", 1)[0])
+                if version in done:
+                    continue
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    version,
+                    path.name,
+                )
+                applied_now.append(path.name)
+    finally:
+        await conn.close()
+    return applied_now
+
+
+async def _connect_creating(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=5)
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(dsn)
+        name = parts.path.lstrip("/")
+        if not DB_NAME_RE.match(name):
+            raise
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")), timeout=5)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            log.info("database created", extra={"database": name})
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+        return await asyncpg.connect(dsn, timeout=5)

@@ -1,0 +1,447 @@
+"""Write-behind: a consumer group that writes the partition streams to PostgreSQL.
+
+One loop per worker: read a batch (up to ``batch_size`` entries, waiting at most
+``max_wait_ms`` for it to fill once the first entry arrived), write it in ONE transaction,
+then XACK. PostgreSQL unreachable: the batch is retried with bounded exponential backoff,
+forever. An entry PostgreSQL refuses (a constraint, bad data) is isolated in a savepoint so
+the rest of its batch is written; once delivered ``max_deliveries`` times it moves to the
+partition's dead-letter stream, counted, never dropped. Entries of dead consumers are claimed
+after ``claim_idle_ms``. Streams are trimmed only below their oldest unacknowledged entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from store.events import BadEvent, Rows
+from store.keys import Keys
+from store.pg_store import PgStore, migrate, write_rows
+
+log = logging.getLogger("gateway.writebehind")
+GROUP = "writebehind"
+# SQLSTATE classes that say "this row can never be written": data exceptions and integrity
+# violations. Anything else (connection, resources, undefined table, deadlock) is retried.
+POISON_CLASSES = ("22", "23")
+
+Entry = tuple[str, str, dict[str, str] | None]  # stream, id, fields (None once trimmed)
+
+
+@dataclass(frozen=True)
+class WriteBehindConfig:
+    batch_size: int = 500
+    max_wait_ms: int = 100
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    retention_s: int = 7 * 86400
+    failed_retention_s: int = 8 * 86400
+    trim_interval_s: float = 10.0
+    backoff_max_s: float = 5.0
+
+
+class Hooks:
+    """What the worker reports (metrics); the default reports nothing."""
+
+    def batch(self, size: int, seconds: float) -> None: ...
+    def retry(self, reason: str) -> None: ...
+    def dead_letter(self, count: int) -> None: ...
+
+
+def is_poison(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and code[:2] in POISON_CLASSES
+
+
+class WriteBehind:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        partitions: int,
+        pg: PgStore,
+        consumer: str,
+        config: WriteBehindConfig | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.streams = [keys.stream(p) for p in range(partitions)]
+        self.pg = pg
+        self.consumer = consumer
+        self.config = config or WriteBehindConfig()
+        self.hooks = hooks or Hooks()
+        self._last_claim = 0.0
+        self._last_trim = time.monotonic()
+        self._retry_pending = True  # on start, drain our own pending entries first
+        self.written = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set; the batch in hand is finished before returning."""
+        await self._until_ok(stop, "migrate", lambda: migrate(self.pg.dsn))
+        await self._until_ok(stop, "groups", self.ensure_groups)
+        log.info(
+            "write-behind started", extra={"consumer": self.consumer, "streams": len(self.streams)}
+        )
+        while not stop.is_set():
+            try:
+                entries = await self._next_batch(stop)
+                if entries:
+                    await self.flush(entries, stop)
+                await self._housekeeping()
+            except RedisError as exc:
+                self.hooks.retry("redis")
+                log.warning(
+                    "write-behind: redis error, retrying", extra={"error": type(exc).__name__}
+                )
+                await _sleep(stop, 1.0)
+        log.info("write-behind stopped", extra={"consumer": self.consumer, "written": self.written})
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _next_batch(self, stop: asyncio.Event) -> list[Entry]:
+        cfg = self.config
+        if self._retry_pending:
+            # Our own unacknowledged entries: after a restart, or ones that failed to write.
+            self._retry_pending = False
+            own = await self._read("0", cfg.batch_size, None)
+            if own:
+                self._retry_pending = True
+                return own
+        entries = await self._read(">", cfg.batch_size, cfg.block_ms)
+        if not entries:
+            return []
+        deadline = time.monotonic() + cfg.max_wait_ms / 1000
+        while len(entries) < cfg.batch_size and not stop.is_set():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await self._read(">", cfg.batch_size - len(entries), left_ms)
+            if not more:
+                break
+            entries.extend(more)
+        return entries
+
+    async def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        res: Any = await self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            dict.fromkeys(self.streams, start),
+            count=count,
+            block=block_ms,
+        )
+        out: list[Entry] = []
+        for stream, messages in res or []:
+            for msg_id, fields in messages:
+                out.append((str(stream), str(msg_id), fields or None))
+        return out
+
+    async def flush(self, entries: list[Entry], stop: asyncio.Event | None = None) -> None:
+        """Write ``entries`` to PostgreSQL and acknowledge them; retried until it holds."""
+        started = time.perf_counter()
+        rows = Rows()
+        readable: list[Entry] = []
+        unreadable: list[tuple[Entry, str]] = []
+        gone: list[Entry] = []
+        for entry in entries:
+            if entry[2] is None:
+                gone.append(entry)  # trimmed while pending: nothing left to write
+                continue
+            try:
+                rows.add(entry[2])
+                readable.append(entry)
+            except BadEvent as exc:
+                unreadable.append((entry, str(exc)))
+        written, refused = await self._write(rows, readable, stop)
+        await self._ack(written + gone)
+        for entry, error in unreadable:
+            await self._dead_letter(entry, error, attempts=0)
+        for entry, error in refused:
+            await self._refused(entry, error)
+        if written:
+            await self._retain(rows if len(written) == len(readable) else None, written)
+        self.written += len(written)
+        self.hooks.batch(len(entries), time.perf_counter() - started)
+
+    async def _write(
+        self, rows: Rows, entries: list[Entry], stop: asyncio.Event | None
+    ) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        if not entries:
+            return [], []
+        delay = 0.1
+        isolate = False
+        while True:
+            try:
+                if isolate:
+                    return await self._write_isolated(entries)
+                async with self.pg.pool.acquire() as conn, conn.transaction():
+                    await write_rows(conn, rows)
+                return entries, []
+            except Exception as exc:
+                if is_poison(exc) and not isolate:
+                    isolate = True
+                    continue
+                if not _retryable(exc):
+                    raise
+                self.hooks.retry("postgres")
+                log.warning(
+                    "write-behind: postgres unavailable, retrying",
+                    extra={"error": type(exc).__name__, "delay_s": delay, "entries": len(entries)},
+                )
+                if stop is not None and stop.is_set() and delay >= self.config.backoff_max_s:
+                    # shutting down with PostgreSQL gone: leave the entries pending; the next
+                    # worker (or this one, restarted) drains them
+                    return [], []
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def _write_isolated(
+        self, entries: list[Entry]
+    ) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """One savepoint per entry, so one bad event does not hold back its batch."""
+        written: list[Entry] = []
+        refused: list[tuple[Entry, str]] = []
+        async with self.pg.pool.acquire() as conn, conn.transaction():
+            for entry in entries:
+                one = Rows()
+                one.add(entry[2] or {})
+                try:
+                    async with conn.transaction():
+                        await write_rows(conn, one)
+                    written.append(entry)
+                except asyncpg.PostgresError as exc:
+                    if not is_poison(exc):
+                        raise
+                    refused.append((entry, f"{exc.sqlstate}: {exc}"[:500]))
+        return written, refused
+
+    async def _ack(self, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for stream, msg_id, _ in entries:
+            by_stream.setdefault(stream, []).append(msg_id)
+        if not by_stream:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+            await pipe.execute()
+
+    async def _refused(self, entry: Entry, error: str) -> None:
+        stream, msg_id, _ = entry
+        info = await self.redis.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1)
+        attempts = int(info[0]["times_delivered"]) if info else self.config.max_deliveries
+        if attempts >= self.config.max_deliveries:
+            await self._dead_letter(entry, error, attempts)
+        else:
+            log.warning(
+                "write-behind: event refused, will retry",
+                extra={"stream": stream, "id": msg_id, "attempts": attempts, "error": error},
+            )
+            self._retry_pending = True
+
+    async def _dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
+        stream, msg_id, fields = entry
+        dead = self.keys.deadletter_of_stream(stream)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            record: dict[Any, Any] = dict(fields or {})
+            pipe.xadd(
+                dead,
+                {
+                    **record,
+                    "dl.stream": stream,
+                    "dl.id": msg_id,
+                    "dl.error": error,
+                    "dl.attempts": str(attempts),
+                    "dl.at": str(int(time.time() * 1000)),
+                },
+            )
+            pipe.xack(stream, GROUP, msg_id)
+            await pipe.execute()
+        self.hooks.dead_letter(1)
+        log.error(
+            "write-behind: event moved to the dead-letter stream",
+            extra={
+                "stream": stream,
+                "id": msg_id,
+                "dead_letter": dead,
+                "error": error,
+                "attempts": attempts,
+            },
+        )
+
+    async def _retain(self, rows: Rows | None, entries: list[Entry]) -> None:
+        """Records PostgreSQL now holds in a final state get a retention TTL in Redis."""
+        if rows is None:
+            rows = Rows()
+            for entry in entries:
+                rows.add(entry[2] or {})
+        cfg = self.config
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cart_id, cart in rows.carts.items():
+                if cart[3] == "CONVERTED":
+                    pipe.expire(self.keys.cart(cart_id), cfg.retention_s)
+            for txnid, pay in rows.payments.items():
+                if pay[6] == "SUCCESS":
+                    pipe.expire(self.keys.payment(txnid), cfg.retention_s)
+                elif pay[6] == "FAILED":
+                    # a FAILED payment may still succeed within the payment window
+                    pipe.expire(self.keys.payment(txnid), cfg.failed_retention_s)
+            for booking_id in rows.bookings:
+                pipe.expire(self.keys.booking(booking_id), cfg.retention_s)
+            await pipe.execute()
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_claim >= self.config.claim_idle_ms / 2000:
+            self._last_claim = now
+            await self.claim_idle()
+        if self.config.trim_interval_s and now - self._last_trim >= self.config.trim_interval_s:
+            self._last_trim = now
+            await trim(self.redis, self.streams)
+
+    async def claim_idle(self) -> int:
+        """Take over entries that other (dead) consumers left unacknowledged for too long."""
+        claimed = 0
+        for stream in self.streams:
+            res = await self.redis.xautoclaim(
+                stream,
+                GROUP,
+                self.consumer,
+                self.config.claim_idle_ms,
+                "0-0",
+                count=self.config.batch_size,
+                justid=True,
+            )
+            ids = res[1] if res else []
+            if ids:
+                claimed += len(ids)
+                log.warning(
+                    "write-behind: claimed idle entries",
+                    extra={"stream": stream, "count": len(ids)},
+                )
+        if claimed:
+            self._retry_pending = True
+        return claimed
+
+    async def _until_ok(self, stop: asyncio.Event, what: str, step: Any) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                await step()
+                return
+            except Exception as exc:
+                if not _retryable(exc) and not isinstance(exc, RedisError):
+                    raise
+                self.hooks.retry(what)
+                log.warning(
+                    "write-behind: start step failed, retrying",
+                    extra={"step": what, "error": type(exc).__name__, "delay_s": delay},
+                )
+                await _sleep(stop, delay)
+                delay = min(delay * 2, self.config.backoff_max_s)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """PostgreSQL unreachable, restarting, overloaded or the schema not there yet."""
+    if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.InterfaceError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and not is_poison(exc)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def safe_trim_point(redis: Redis, stream: str) -> str | None:
+    """The id below which every group has acknowledged everything (None: keep all)."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return None
+    if not groups:
+        return None
+    points: list[tuple[int, int]] = []
+    for g in groups:
+        last = _parse_id(str(g["last-delivered-id"]))
+        # the first entry not yet delivered to this group is unacknowledged too
+        points.append((last[0], last[1] + 1))
+        if int(g["pending"]):
+            summary = await redis.xpending(stream, g["name"])
+            points.append(_parse_id(str(summary["min"])))
+    low = min(points)
+    return f"{low[0]}-{low[1]}"
+
+
+async def trim(redis: Redis, streams: list[str]) -> None:
+    for stream in streams:
+        point = await safe_trim_point(redis, stream)
+        if point is not None:
+            await redis.xtrim(stream, minid=point, approximate=True)
+
+
+def _parse_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    backlog: int  # entries not yet acknowledged: pending plus not yet delivered
+    pending: int  # delivered to a worker, not yet acknowledged
+    oldest_age_s: float  # age of the oldest unacknowledged entry (0 when none)
+    dead_letters: int  # entries in the dead-letter streams
+
+
+async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
+    """The write-behind queue, read from Redis (a few commands per partition)."""
+    backlog = pending = dead = 0
+    oldest: tuple[int, int] | None = None
+    now_ms = time.time() * 1000
+    for part in range(partitions):
+        stream = keys.stream(part)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
+            pipe.xlen(keys.deadletter(part))
+            try:
+                groups, length, dl = await pipe.execute()
+            except ResponseError:  # no stream yet
+                continue
+        dead += int(dl)
+        group = next((g for g in groups if g["name"] == GROUP), None)
+        if group is None:
+            backlog += int(length)
+            first: Any = await redis.xrange(stream, count=1)
+            candidates = [_parse_id(str(first[0][0]))] if first else []
+        else:
+            p = int(group["pending"])
+            lag = group.get("lag")
+            pending += p
+            backlog += p + (int(lag) if lag is not None else int(length))
+            candidates = []
+            last = _parse_id(str(group["last-delivered-id"]))
+            nxt: Any = await redis.xrange(stream, min=f"({last[0]}-{last[1]}", count=1)
+            if nxt:
+                candidates.append(_parse_id(str(nxt[0][0])))
+            if p:
+                summary = await redis.xpending(stream, GROUP)
+                candidates.append(_parse_id(str(summary["min"])))
+        for c in candidates:
+            oldest = c if oldest is None or c < oldest else oldest
+    age = max(0.0, (now_ms - oldest[0]) / 1000) if oldest else 0.0
+    return QueueStats(backlog, pending, age, dead)
