@@ -24,6 +24,7 @@ from handlers.carts import (
 )
 from handlers.ops import HealthHandler, MetricsHandler, OpenAPIHandler, ReadyHandler
 from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, WebhookHandler
+from store.pg_store import PgStore
 from store.redis_store import RedisStore
 
 log = logging.getLogger("gateway.http")
@@ -51,12 +52,13 @@ def make_app(
     store: RedisStore,
     metrics: Metrics | None = None,
     providers: dict[str, Provider] | None = None,
+    pg: PgStore | None = None,
 ) -> tornado.web.Application:
     """The application, with its ``Context`` reachable as ``app.settings['ctx']``."""
     metrics = metrics or Metrics()
     providers = build_providers(settings) if providers is None else providers
-    checkout = Checkout(settings, store, providers, metrics)
-    ctx = Context(settings, store, checkout, metrics, orjson.dumps(openapi.document()))
+    checkout = Checkout(settings, store, providers, metrics, pg)
+    ctx = Context(settings, store, checkout, metrics, orjson.dumps(openapi.document()), pg)
     histogram = metrics.request_duration
 
     def log_request(handler: Any) -> None:

@@ -10,13 +10,24 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from gateway.config import Settings
-from gateway.errors import BadRequest, BadSignature, Conflict, Mismatch, NotFound, ValidationFailed
+from gateway.errors import (
+    BadRequest,
+    BadSignature,
+    Conflict,
+    Mismatch,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+)
 from gateway.metrics import Metrics
 from gateway.providers.base import Customer, Notice, Outcome, PaymentRequest, Provider
 from gateway.signing import signed_url
 from store import keys as ids
-from store.redis_store import RedisStore, Settled, payment_view
+from store.pg_store import PgStore
+from store.redis_store import RedisStore, Settled, booking_view, payment_view
 
 log = logging.getLogger("gateway.checkout")
 
@@ -49,7 +60,9 @@ class Checkout:
         store: RedisStore,
         providers: dict[str, Provider],
         metrics: Metrics,
+        pg: PgStore | None = None,
     ) -> None:
+        self.pg = pg
         self.settings = settings
         self.store = store
         self.providers = providers
@@ -121,10 +134,28 @@ class Checkout:
         }
 
     async def get_payment(self, txnid: str) -> dict[str, Any]:
-        h = await self.store.get_payment(txnid)
+        h = await self.store.get_payment(txnid) or await self._durable("payments", txnid)
         if h is None:
             raise NotFound(f"no payment {txnid}")
         return payment_view(h)
+
+    async def get_booking(self, booking_id: str) -> dict[str, Any]:
+        h = await self.store.get_booking(booking_id) or await self._durable("bookings", booking_id)
+        if h is None:
+            raise NotFound(f"no booking {booking_id}")
+        return booking_view(h)
+
+    async def _durable(self, table: str, key: str) -> dict[str, str] | None:
+        """A record whose Redis copy has expired, from PostgreSQL (merchant reads only)."""
+        if self.pg is None:
+            return None
+        try:
+            return await self.pg.fetch_one(table, key)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("postgres read failed", extra={"table": table, "error": type(exc).__name__})
+            raise Unavailable(
+                f"{table[:-1]} {key} is not in Redis and PostgreSQL did not answer; try again"
+            ) from None
 
     async def settle(self, provider: Provider, notice: Notice, channel: str) -> Verdict:
         """Apply a notice from ``channel`` ('return' or 'webhook').
@@ -148,7 +179,9 @@ class Checkout:
                 raise BadRequest(
                     "the notice names no payment this gateway knows", reason="unknown_txnid"
                 )
-            raise BadSignature("the provider's signature does not verify", reason="bad_signature")
+            bad = BadSignature("the provider's signature does not verify", reason="bad_signature")
+            bad.txnid = txnid
+            raise bad
         if txnid is None:
             raise BadRequest(
                 "the notice names no payment this gateway knows", reason="unknown_txnid"
@@ -186,9 +219,11 @@ class Checkout:
             log.warning(
                 "notice mismatch", extra={"txnid": txnid, "field": field, "provider": provider.name}
             )
-            raise Mismatch(
+            mismatch = Mismatch(
                 f"the notice's {field} does not match the payment", reason=f"{field}_mismatch"
             )
+            mismatch.txnid = txnid
+            raise mismatch
         return self._verdict(provider, txnid, result)
 
     def _verdict(self, provider: Provider, txnid: str, result: Settled) -> Verdict:

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+import asyncpg
+
 from gateway import __version__, logs
 from gateway.config import Settings
 from gateway.errors import ConfigError, Unavailable
@@ -37,6 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes, each with its own SO_REUSEPORT socket (default 1)",
     )
+    worker = sub.add_parser(
+        "worker", help="run standalone write-behind workers (Redis streams -> PostgreSQL)"
+    )
+    worker.add_argument("--processes", type=int, default=1, help="processes (default 1)")
+    worker.add_argument(
+        "--name",
+        help="consumer name prefix (default: host name); keep it stable across "
+        "restarts so that a worker drains its own pending entries first",
+    )
+    sub.add_parser("migrate", help="apply the PostgreSQL schema (safe to run again)")
+    rec = sub.add_parser(
+        "reconcile",
+        help="compare every cart, payment and booking in Redis with PostgreSQL; "
+        "exit 0 when they agree, 1 otherwise",
+    )
+    rec.add_argument(
+        "--repair", action="store_true", help="enqueue what PostgreSQL lacks or holds differently"
+    )
+    rec.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the write-behind queue to drain (default 60)",
+    )
     return parser
 
 
@@ -48,6 +74,33 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "migrate":
+        import asyncio
+
+        from store.pg_store import migrate
+
+        try:
+            applied = asyncio.run(migrate(settings.database_url))
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"gateway: migrate failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+        return 0
+    if args.command == "reconcile":
+        import asyncio
+
+        from gateway.reconcile import reconcile
+
+        return asyncio.run(
+            reconcile(settings, sys.stdout, repair=args.repair, drain_timeout_s=args.drain_timeout)
+        )
+    if args.command == "worker":
+        from gateway.server import run_processes, work
+
+        if not 1 <= args.processes <= 64:
+            print("gateway: --processes must be between 1 and 64", file=sys.stderr)
+            return 2
+        return run_processes(args.processes, lambda slot: work(settings, slot, args.name))
     if args.command == "serve":
         from gateway.server import run
 

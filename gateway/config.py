@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+from store.writebehind import WriteBehindConfig
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -55,6 +56,10 @@ class Settings:
     redis_prefix: str
     partitions: int
     payu_payment_url: str = "https://secure.payu.in/_payment"
+    writebehind: WriteBehindConfig = field(default_factory=WriteBehindConfig)
+    writebehind_in_process: bool = True
+    ready_max_lag_s: float = 30.0
+    ready_fail_on_lag: bool = False
     max_body_bytes: int = 16 * 1024
 
     @classmethod
@@ -107,6 +112,8 @@ class Settings:
                 "no payment provider configured: set GATEWAY_PAYU_KEY/GATEWAY_PAYU_SALT "
                 "or the GATEWAY_RAZORPAY_* credentials"
             )
+        window = env.integer("GATEWAY_PAYMENT_WINDOW_S", 86400, low=60, high=30 * 86400)
+        retention = env.integer("GATEWAY_RETENTION_S", 7 * 86400, low=60, high=365 * 86400)
         prefix = env.text("GATEWAY_REDIS_PREFIX", "gw")
         if not PREFIX_RE.match(prefix):
             raise ConfigError("GATEWAY_REDIS_PREFIX: 1-32 characters of A-Z a-z 0-9 _ . -")
@@ -127,14 +134,24 @@ class Settings:
             payu=payu,
             razorpay=razorpay,
             cart_ttl_s=env.integer("GATEWAY_CART_TTL_S", 3600, low=60, high=30 * 86400),
-            payment_window_s=env.integer(
-                "GATEWAY_PAYMENT_WINDOW_S", 86400, low=60, high=30 * 86400
-            ),
+            payment_window_s=window,
             data_dir=Path(env.text("GATEWAY_DATA_DIR", ".gateway")),
             sandbox=sandbox,
             redis_prefix=prefix,
             partitions=env.integer("GATEWAY_PARTITIONS", 16, low=1, high=256),
             payu_payment_url=env.url("GATEWAY_PAYU_PAYMENT_URL", "https://secure.payu.in/_payment"),
+            writebehind=WriteBehindConfig(
+                batch_size=env.integer("GATEWAY_WB_BATCH_SIZE", 500, low=1, high=10_000),
+                max_wait_ms=env.integer("GATEWAY_WB_MAX_WAIT_MS", 100, low=1, high=10_000),
+                claim_idle_ms=1000 * env.integer("GATEWAY_WB_CLAIM_IDLE_S", 30, low=1, high=86400),
+                max_deliveries=env.integer("GATEWAY_WB_MAX_DELIVERIES", 5, low=1, high=1000),
+                retention_s=retention,
+                failed_retention_s=max(retention, window + 86400),
+                trim_interval_s=env.integer("GATEWAY_WB_TRIM_INTERVAL_S", 10, low=0, high=86400),
+            ),
+            writebehind_in_process=env.boolean("GATEWAY_WB_IN_PROCESS", True),
+            ready_max_lag_s=env.integer("GATEWAY_READY_MAX_LAG_S", 30, low=1, high=86400),
+            ready_fail_on_lag=env.boolean("GATEWAY_READY_FAIL_ON_LAG", False),
         )
 
 

@@ -19,6 +19,7 @@ class GatewayError(Exception):
         self.detail = detail
         # a short machine-readable label, used in metrics and in the failure redirect
         self.reason = reason or self.slug
+        self.txnid: str | None = None  # the payment concerned, when there is one
 
 
 class BadRequest(GatewayError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from store.writebehind import Hooks, QueueStats
 
 # Dense around the 18 ms objective; 0.018 is a bound so the SLO is read off one bucket.
 LATENCY_BUCKETS = (
@@ -87,3 +89,75 @@ class Metrics:
             ("provider",),
             registry=r,
         )
+        self.wb_queue_length = Gauge(
+            "gateway_writebehind_queue_length",
+            "Events not yet acknowledged by the write-behind (pending or not yet delivered).",
+            registry=r,
+        )
+        self.wb_pending = Gauge(
+            "gateway_writebehind_pending",
+            "Events delivered to a write-behind worker and not yet acknowledged.",
+            registry=r,
+        )
+        self.wb_lag = Gauge(
+            "gateway_writebehind_lag_seconds",
+            "Age of the oldest event PostgreSQL does not hold yet (0 when none).",
+            registry=r,
+        )
+        self.wb_dead_letter_entries = Gauge(
+            "gateway_writebehind_dead_letter_entries",
+            "Events in the dead-letter streams, waiting for an operator.",
+            registry=r,
+        )
+        self.wb_batch_size = Histogram(
+            "gateway_writebehind_batch_size",
+            "Events per write-behind batch.",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.wb_flush_duration = Histogram(
+            "gateway_writebehind_flush_duration_seconds",
+            "Time to write one batch to PostgreSQL and acknowledge it.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.wb_retries = Counter(
+            "gateway_writebehind_retries",
+            "Write-behind steps retried, by what failed (postgres, redis, migrate, groups).",
+            ("reason",),
+            registry=r,
+        )
+        self.wb_dead_letters = Counter(
+            "gateway_writebehind_dead_letters",
+            "Events moved to a dead-letter stream.",
+            registry=r,
+        )
+        self.wb_events = Counter(
+            "gateway_writebehind_events",
+            "Events taken by the write-behind (written, or dead-lettered).",
+            registry=r,
+        )
+
+    def queue(self, stats: QueueStats) -> None:
+        self.wb_queue_length.set(stats.backlog)
+        self.wb_pending.set(stats.pending)
+        self.wb_lag.set(stats.oldest_age_s)
+        self.wb_dead_letter_entries.set(stats.dead_letters)
+
+
+class WriteBehindMetrics(Hooks):
+    """The write-behind worker's reports, as Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.m.wb_batch_size.observe(size)
+        self.m.wb_flush_duration.observe(seconds)
+        self.m.wb_events.inc(size)
+
+    def retry(self, reason: str) -> None:
+        self.m.wb_retries.labels(reason).inc()
+
+    def dead_letter(self, count: int) -> None:
+        self.m.wb_dead_letters.inc(count)

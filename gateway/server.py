@@ -1,4 +1,4 @@
-"""``gateway serve``: open the stores, serve HTTP, and stop cleanly on SIGTERM.
+"""``gateway serve`` and ``gateway worker``: open the stores, run, stop cleanly on SIGTERM.
 
 With ``--workers N`` a supervisor forks N processes; each binds its own SO_REUSEPORT socket
 so the kernel spreads connections, and a crashed worker is started again.
@@ -12,20 +12,26 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
 import uvloop
 
 from gateway.app import make_app
+from gateway.background import consumer_name, monitor, writebehind
 from gateway.config import Settings
+from gateway.metrics import Metrics
+from store.pg_store import PgStore
 from store.redis_store import RedisStore
+from store.writebehind import QueueStats
 
 log = logging.getLogger("gateway.server")
 DRAIN_TIMEOUT_S = 10.0
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None:
     """Run one gateway process until SIGTERM or SIGINT, then drain and close."""
     store = await RedisStore.connect(
         settings.redis_url,
@@ -33,18 +39,35 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         cart_ttl_s=settings.cart_ttl_s,
         payment_window_s=settings.payment_window_s,
     )
-    async with store:
-        app = make_app(settings, store)
+    async with store, await PgStore.open(settings.database_url) as pg:
+        metrics = Metrics()
+        app = make_app(settings, store, metrics, pg=pg)
         ctx = app.settings["ctx"]
+        ctx.redis_durability = await store.durability()
+        if ctx.redis_durability != "aof-always":
+            log.warning(
+                "redis persistence is weaker than appendonly yes + appendfsync always: an "
+                "acknowledged payment can be lost if Redis dies before PostgreSQL holds it",
+                extra={"redis_durability": ctx.redis_durability},
+            )
         server = tornado.httpserver.HTTPServer(
             app, max_body_size=1024 * 1024, idle_connection_timeout=60, xheaders=False
         )
         sockets = tornado.netutil.bind_sockets(port, host, reuse_port=True)
         server.add_sockets(sockets)
         stop = asyncio.Event()
+        background = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+        def publish(stats: QueueStats) -> None:
+            ctx.queue = stats
+
+        tasks = [asyncio.create_task(monitor(settings, store, metrics, publish, background))]
+        if settings.writebehind_in_process:
+            worker = writebehind(settings, store, pg, metrics, consumer_name("serve", slot))
+            tasks.append(asyncio.create_task(worker.run(background)))
         log.info(
             "gateway listening",
             extra={
@@ -53,6 +76,7 @@ async def serve(settings: Settings, host: str, port: int) -> None:
                 "pid": os.getpid(),
                 "providers": sorted(ctx.checkout.providers),
                 "sandbox": settings.sandbox,
+                "writebehind_in_process": settings.writebehind_in_process,
             },
         )
         await stop.wait()
@@ -63,17 +87,30 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         while ctx.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await server.close_all_connections()
+        background.set()  # the worker finishes the batch in hand, then returns
+        done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if task.exception() is not None:
+                log.error("background task failed", exc_info=task.exception())
         log.info("stopped", extra={"unfinished": ctx.in_flight})
 
 
 def run(settings: Settings, host: str, port: int, workers: int) -> int:
+    """``gateway serve``: one process, or a supervisor of ``workers`` processes."""
+    return run_processes(workers, lambda slot: serve(settings, host, port, slot))
+
+
+def run_processes(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -> int:
+    """Run ``main(0)`` here, or fork ``workers`` processes running ``main(slot)``."""
     if workers <= 1:
-        uvloop.run(serve(settings, host, port))
+        uvloop.run(main(0))
         return 0
-    return _supervise(settings, host, port, workers)
+    return _supervise(workers, main)
 
 
-def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
+def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -> int:
     children: dict[int, int] = {}
     stopping = False
 
@@ -84,7 +121,7 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                uvloop.run(serve(settings, host, port))
+                uvloop.run(main(slot))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -128,3 +165,20 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
             log.warning("worker exited, starting another", extra={"pid": pid, "slot": slot})
             spawn(slot)
     return status
+
+
+async def work(settings: Settings, slot: int, name: str | None = None) -> None:
+    """A standalone write-behind worker, until SIGTERM or SIGINT."""
+    store = await RedisStore.connect(
+        settings.redis_url,
+        settings.redis_prefix,
+        cart_ttl_s=settings.cart_ttl_s,
+        payment_window_s=settings.payment_window_s,
+    )
+    async with store, await PgStore.open(settings.database_url) as pg:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        consumer = f"{name}-{slot}" if name else consumer_name("worker", slot)
+        await writebehind(settings, store, pg, Metrics(), consumer).run(stop)

@@ -22,7 +22,9 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.metrics import Metrics
+from store.pg_store import PgStore
 from store.redis_store import RedisStore
+from store.writebehind import QueueStats
 
 log = logging.getLogger("gateway.http")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -38,6 +40,9 @@ class Context:
     checkout: Checkout
     metrics: Metrics
     openapi: bytes
+    pg: PgStore | None = None
+    queue: QueueStats | None = None  # refreshed every second by gateway.background.monitor
+    redis_durability: str = "unknown"
     draining: bool = False
     in_flight: int = 0
 

@@ -22,16 +22,36 @@ class ReadyHandler(BaseHandler):
     requires_auth = False
 
     async def get(self) -> None:
+        ctx, settings = self.ctx, self.ctx.settings
+        queue = ctx.queue
+        lag_ok = queue is None or queue.oldest_age_s <= settings.ready_max_lag_s
         checks = {
-            "redis": await self.ctx.store.ping(),
-            "accepting": not self.ctx.draining,
+            "redis": await ctx.store.ping(),
+            "accepting": not ctx.draining,
+            "writebehind_lag": lag_ok,
         }
-        ready = all(checks.values())
+        # A lagging write-behind does not make this process worse at its job (the return path
+        # never waits for PostgreSQL), and failing readiness on every instance at once would
+        # turn a PostgreSQL outage into a full one: it degrades, unless told to fail.
+        ready = (
+            checks["redis"] and checks["accepting"] and (lag_ok or not settings.ready_fail_on_lag)
+        )
+        status = "not ready" if not ready else "ready" if lag_ok else "degraded"
         body = {
-            "status": "ready" if ready else "not ready",
+            "status": status,
             "checks": checks,
-            "providers": sorted(self.ctx.checkout.providers),
-            "sandbox": self.ctx.settings.sandbox,
+            "writebehind": None
+            if queue is None
+            else {
+                "lag_seconds": round(queue.oldest_age_s, 3),
+                "bound_seconds": settings.ready_max_lag_s,
+                "queue_length": queue.backlog,
+                "pending": queue.pending,
+                "dead_letters": queue.dead_letters,
+            },
+            "redis_durability": ctx.redis_durability,
+            "providers": sorted(ctx.checkout.providers),
+            "sandbox": settings.sandbox,
         }
         self.write_json(body, 200 if ready else 503)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.errors import BadRequest, BadSignature, Mismatch, NotFound, UnsupportedMediaType
+from gateway.errors import BadRequest, BadSignature, Mismatch, UnsupportedMediaType
 from gateway.providers.base import form_fields
 from handlers import validate
 from handlers.base import BaseHandler
-from store.redis_store import booking_view
 
 
 class PaymentHandler(BaseHandler):
@@ -20,10 +19,7 @@ class BookingHandler(BaseHandler):
     name = "booking"
 
     async def get(self, booking_id: str) -> None:
-        h = await self.ctx.store.get_booking(validate.booking_id(booking_id))
-        if h is None:
-            raise NotFound(f"no booking {booking_id}")
-        self.write_json(booking_view(h))
+        self.write_json(await self.ctx.checkout.get_booking(validate.booking_id(booking_id)))
 
 
 class ReturnHandler(BaseHandler):
@@ -51,7 +47,7 @@ class ReturnHandler(BaseHandler):
             # page, and nothing changes.
             self.error_reason = exc.reason
             self.ctx.metrics.bad_requests.labels(exc.reason).inc()
-            target = checkout.failure_redirect(notice.txnid or "", exc.reason)
+            target = checkout.failure_redirect(exc.txnid or notice.txnid or "", exc.reason)
         self.redirect(target, status=303)
 
     def _fields(self) -> dict[str, str]:

@@ -170,3 +170,14 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.carts) + len(self.payments) + len(self.bookings)
+
+    def __bool__(self) -> bool:
+        return bool(self.carts or self.payments or self.bookings)
+
+
+def snapshot(h: dict[str, str]) -> dict[str, Any]:
+    """A Redis hash as the JSON document an event carries (items decoded)."""
+    doc: dict[str, Any] = dict(h)
+    if "items" in doc:
+        doc["items"] = orjson.loads(doc["items"])
+    return doc

@@ -195,6 +195,20 @@ class RedisStore:
         except RedisError:
             return False
 
+    async def durability(self) -> str:
+        """How the server persists: 'aof-always' is what the gateway wants (decision 10)."""
+        try:
+            conf = cast(dict[str, str], await self.client.config_get("append*"))
+        except RedisError:
+            return "unknown"  # CONFIG may be disabled (managed Redis)
+        if conf.get("appendonly") != "yes":
+            return "none"
+        return (
+            "aof-always"
+            if conf.get("appendfsync") == "always"
+            else (f"aof-{conf.get('appendfsync', 'unknown')}")
+        )
+
     # carts
 
     async def create_cart(self, partitions: int, user_id: str, currency: str) -> dict[str, Any]:

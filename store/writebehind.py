@@ -154,6 +154,7 @@ class WriteBehind:
         """Write ``entries`` to PostgreSQL and acknowledge them; retried until it holds."""
         started = time.perf_counter()
         rows = Rows()
+        forced = Rows()  # repair events from `gateway reconcile --repair`: rewrite an equal rev
         readable: list[Entry] = []
         unreadable: list[tuple[Entry, str]] = []
         gone: list[Entry] = []
@@ -162,23 +163,24 @@ class WriteBehind:
                 gone.append(entry)  # trimmed while pending: nothing left to write
                 continue
             try:
-                rows.add(entry[2])
+                (forced if entry[2].get("repair") == "1" else rows).add(entry[2])
                 readable.append(entry)
             except BadEvent as exc:
                 unreadable.append((entry, str(exc)))
-        written, refused = await self._write(rows, readable, stop)
+        written, refused = await self._write(rows, forced, readable, stop)
         await self._ack(written + gone)
         for entry, error in unreadable:
             await self._dead_letter(entry, error, attempts=0)
         for entry, error in refused:
             await self._refused(entry, error)
         if written:
-            await self._retain(rows if len(written) == len(readable) else None, written)
+            whole = len(written) == len(readable) and not forced
+            await self._retain(rows if whole else None, written)
         self.written += len(written)
         self.hooks.batch(len(entries), time.perf_counter() - started)
 
     async def _write(
-        self, rows: Rows, entries: list[Entry], stop: asyncio.Event | None
+        self, rows: Rows, forced: Rows, entries: list[Entry], stop: asyncio.Event | None
     ) -> tuple[list[Entry], list[tuple[Entry, str]]]:
         if not entries:
             return [], []
@@ -190,6 +192,7 @@ class WriteBehind:
                     return await self._write_isolated(entries)
                 async with self.pg.pool.acquire() as conn, conn.transaction():
                     await write_rows(conn, rows)
+                    await write_rows(conn, forced, force=True)
                 return entries, []
             except Exception as exc:
                 if is_poison(exc) and not isolate:
@@ -217,11 +220,12 @@ class WriteBehind:
         refused: list[tuple[Entry, str]] = []
         async with self.pg.pool.acquire() as conn, conn.transaction():
             for entry in entries:
+                fields = entry[2] or {}
                 one = Rows()
-                one.add(entry[2] or {})
+                one.add(fields)
                 try:
                     async with conn.transaction():
-                        await write_rows(conn, one)
+                        await write_rows(conn, one, force=fields.get("repair") == "1")
                     written.append(entry)
                 except asyncpg.PostgresError as exc:
                     if not is_poison(exc):
@@ -382,7 +386,8 @@ async def safe_trim_point(redis: Redis, stream: str) -> str | None:
         points.append((last[0], last[1] + 1))
         if int(g["pending"]):
             summary = await redis.xpending(stream, g["name"])
-            points.append(_parse_id(str(summary["min"])))
+            if summary["min"]:
+                points.append(_parse_id(str(summary["min"])))
     low = min(points)
     return f"{low[0]}-{low[1]}"
 
@@ -440,7 +445,8 @@ async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
                 candidates.append(_parse_id(str(nxt[0][0])))
             if p:
                 summary = await redis.xpending(stream, GROUP)
-                candidates.append(_parse_id(str(summary["min"])))
+                if summary["min"]:  # acknowledged in between: nothing older pending
+                    candidates.append(_parse_id(str(summary["min"])))
         for c in candidates:
             oldest = c if oldest is None or c < oldest else oldest
     age = max(0.0, (now_ms - oldest[0]) / 1000) if oldest else 0.0

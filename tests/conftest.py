@@ -6,12 +6,14 @@ Every fixture removes what it made.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import redis.asyncio
@@ -22,11 +24,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from gateway.app import make_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from store.pg_store import PgStore, migrate
 from store.redis_store import RedisStore
+from store.writebehind import WriteBehindConfig, queue_stats
 from tests import payu_sign, services
 from tests.razorpay_standin import RazorpayStandIn
 
 REDIS_URL = services.redis_url()
+PG_ADMIN_URL = services.postgres_admin_url()
 API_KEY = "test-key-0123456789abcdef"
 RETURN_SECRET = "return-secret-0123456789"
 PAYU_KEY, PAYU_SALT = "payukey1", "payusalt-0123456789"
@@ -181,14 +186,16 @@ def settings(prefix: str, razorpay_api: RazorpayStandIn) -> Settings:
     return Settings.from_env(env)
 
 
-async def open_gateway(settings: Settings) -> tuple[Client, tornado.httpserver.HTTPServer]:
+async def open_gateway(
+    settings: Settings, pg: PgStore | None = None
+) -> tuple[Client, tornado.httpserver.HTTPServer]:
     store = await RedisStore.connect(
         settings.redis_url,
         settings.redis_prefix,
         cart_ttl_s=settings.cart_ttl_s,
         payment_window_s=settings.payment_window_s,
     )
-    app = make_app(settings, store, Metrics())
+    app = make_app(settings, store, Metrics(), pg=pg)
     sock, port = tornado.testing.bind_unused_port()
     server = tornado.httpserver.HTTPServer(app, max_body_size=1024 * 1024)
     server.add_sockets([sock])
@@ -233,5 +240,127 @@ async def make_gw(prefix: str, razorpay_api: RazorpayStandIn) -> AsyncIterator[A
         server.stop()
         await server.close_all_connections()
         await client.close()
+        await client.store.close()
+    await drop_keys(REDIS_URL, prefix)
+
+
+def db_url(admin_url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(admin_url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    name = f"gwtest_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield db_url(PG_ADMIN_URL, name)
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+class DurableClient(Client):
+    """A gateway with PostgreSQL and an in-process write-behind worker."""
+
+    pg: PgStore
+    stop: Any
+    worker_task: Any
+    metrics: Metrics
+
+    async def drained(self, timeout: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            stats = await queue_stats(self.redis, self.keys, self.settings.partitions)
+            if stats.backlog == 0:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"write-behind did not drain: {stats}")
+            await asyncio.sleep(0.05)
+
+    async def count(self, sql: str, *args: Any) -> int:
+        async with self.pg.pool.acquire() as conn:
+            return int(await conn.fetchval(sql, *args))
+
+    async def checkouts(self, n: int, concurrency: int = 50) -> list[str]:
+        """``n`` carts taken through to a successful PayU return; their booking ids."""
+        sem = asyncio.Semaphore(concurrency)
+        booking_ids: list[str] = []
+
+        async def one() -> None:
+            async with sem:
+                cart = await self.cart_with_items(items=1)
+                payment = await self.start(cart["cart_id"])
+                resp = await self.payu_return(payment)
+                assert resp.code == 303, resp.body
+                query = dict(
+                    urllib.parse.parse_qsl(urllib.parse.urlsplit(resp.headers["Location"]).query)
+                )
+                booking_ids.append(query["booking_id"])
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return booking_ids
+
+
+@pytest.fixture
+async def make_durable(
+    prefix: str, razorpay_api: RazorpayStandIn, database_url: str
+) -> AsyncIterator[Any]:
+    """Factory: ``await make_durable(worker=True, **writebehind_config_changes)``."""
+    from gateway.background import writebehind
+
+    opened: list[tuple[DurableClient, tornado.httpserver.HTTPServer]] = []
+
+    async def factory(worker: bool = True, database: str | None = None, **wb: Any) -> DurableClient:
+        env = base_env(
+            prefix,
+            GATEWAY_RAZORPAY_API_URL=razorpay_api.url,
+            GATEWAY_DATABASE_URL=database or database_url,
+        )
+        base = Settings.from_env(env)
+        config = dataclasses.replace(
+            WriteBehindConfig(
+                max_wait_ms=20,
+                block_ms=200,
+                trim_interval_s=0,
+                claim_idle_ms=2000,
+                backoff_max_s=0.5,
+            ),
+            **wb,
+        )
+        settings = dataclasses.replace(base, writebehind=config)
+        await migrate(settings.database_url)
+        pg = await PgStore.open(settings.database_url)
+        client, server = await open_gateway(settings, pg)
+        client.__class__ = DurableClient
+        durable: Any = client
+        durable.pg = pg
+        durable.metrics = client.app.settings["ctx"].metrics  # type: ignore[attr-defined]
+        durable.stop = asyncio.Event()
+        durable.worker_task = None
+        if worker:
+            w = writebehind(
+                settings, client.store, pg, durable.metrics, f"test-{secrets.token_hex(3)}"
+            )
+            durable.worker = w
+            durable.worker_task = asyncio.create_task(w.run(durable.stop))
+        opened.append((durable, server))
+        return durable
+
+    yield factory
+    for client, server in opened:
+        client.stop.set()
+        if client.worker_task is not None:
+            await asyncio.wait_for(client.worker_task, 30)
+        server.stop()
+        await server.close_all_connections()
+        await client.close()
+        await client.pg.close()
         await client.store.close()
     await drop_keys(REDIS_URL, prefix)

@@ -1,0 +1,58 @@
+"""The tasks that run beside the HTTP server: the write-behind worker and the queue monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from gateway.config import Settings
+from gateway.metrics import Metrics, WriteBehindMetrics
+from store.pg_store import PgStore
+from store.redis_store import RedisStore
+from store.writebehind import QueueStats, WriteBehind, queue_stats
+
+log = logging.getLogger("gateway.background")
+
+
+def consumer_name(role: str, slot: int) -> str:
+    """Stable per host and slot, so a restarted worker drains its own pending entries first."""
+    return f"{socket.gethostname()}-{role}{slot}"
+
+
+def writebehind(
+    settings: Settings, store: RedisStore, pg: PgStore, metrics: Metrics, consumer: str
+) -> WriteBehind:
+    return WriteBehind(
+        store.client,
+        store.keys,
+        settings.partitions,
+        pg,
+        consumer,
+        settings.writebehind,
+        WriteBehindMetrics(metrics),
+    )
+
+
+async def monitor(
+    settings: Settings,
+    store: RedisStore,
+    metrics: Metrics,
+    publish: Callable[[QueueStats], None],
+    stop: asyncio.Event,
+    interval_s: float = 1.0,
+) -> None:
+    """Read the queue's length, pending count and lag every ``interval_s`` (off the hot path)."""
+    while not stop.is_set():
+        try:
+            stats = await queue_stats(store.client, store.keys, settings.partitions)
+            metrics.queue(stats)
+            publish(stats)
+        except RedisError as exc:
+            log.warning("queue monitor: redis error", extra={"error": type(exc).__name__})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

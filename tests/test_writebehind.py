@@ -1,0 +1,181 @@
+"""Write-behind to PostgreSQL: exact counts, field-for-field equality, replays, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import asyncpg
+import orjson
+
+from gateway.reconcile import reconcile
+from store.writebehind import GROUP
+
+
+async def test_burst_lands_exactly(make_durable):
+    gw = await make_durable()
+    n = 2000
+    booking_ids = await gw.checkouts(n)
+    assert len(set(booking_ids)) == n
+    await gw.drained()
+    assert await gw.count("SELECT count(*) FROM bookings") == n
+    assert await gw.count("SELECT count(*) FROM carts WHERE status = 'CONVERTED'") == n
+    assert await gw.count("SELECT count(*) FROM payments WHERE status = 'SUCCESS'") == n
+    assert (
+        await gw.count("SELECT count(*) FROM bookings WHERE booking_id = ANY($1)", booking_ids) == n
+    )
+    # field for field: reconcile compares every record in Redis with its row
+    out = io.StringIO()
+    assert await reconcile(gw.settings, out, drain_timeout_s=5) == 0, out.getvalue()
+    assert f"checked {3 * n} records; 0 differences" in out.getvalue()
+    # PostgreSQL holds them: the final records get a retention TTL in Redis
+    some = booking_ids[0]
+    ttl = await gw.redis.ttl(gw.keys.booking(some))
+    assert 0 < ttl <= gw.settings.writebehind.retention_s
+    metrics = (await gw.fetch("GET", "/metrics")).body.decode()
+    assert "gateway_writebehind_batch_size_count" in metrics
+
+
+async def test_row_equals_redis_record(make_durable):
+    gw = await make_durable()
+    [booking_id] = await gw.checkouts(1)
+    await gw.drained()
+    booking = await gw.json("GET", f"/v1/bookings/{booking_id}")
+    async with gw.pg.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM bookings WHERE booking_id = $1", booking_id)
+        pay = await conn.fetchrow("SELECT * FROM payments WHERE txnid = $1", booking["txnid"])
+        cart = await conn.fetchrow("SELECT * FROM carts WHERE cart_id = $1", booking["cart_id"])
+    assert row["cart_id"] == booking["cart_id"] and row["amount"] == booking["amount"]
+    assert row["status"] == "CONFIRMED" and row["currency"] == "INR"
+    items = orjson.loads(row["items"])
+    assert [(i["service_id"], i["quantity"]) for i in items] == [
+        (i["service_id"], i["quantity"]) for i in booking["items"]
+    ]
+    assert (
+        row["created_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        == (booking["created_at"])
+    )
+    assert pay["status"] == "SUCCESS" and pay["booking_id"] == booking_id
+    assert pay["refund_required"] is False and pay["amount"] == booking["amount"]
+    assert cart["status"] == "CONVERTED" and cart["txnid"] == booking["txnid"]
+
+
+async def test_replaying_the_whole_stream_changes_no_row(make_durable):
+    gw = await make_durable()
+    await gw.checkouts(200)
+    cart = await gw.cart_with_items()  # an open cart and a failed payment too
+    failed = await gw.start((await gw.cart_with_items())["cart_id"])
+    await gw.payu_return(failed, "failure")
+    await gw.drained()
+
+    async def table_state():
+        async with gw.pg.pool.acquire() as conn:
+            return {
+                t: sorted(tuple(r) for r in await conn.fetch(f"SELECT xmin::text, * FROM {t}"))
+                for t in ("carts", "payments", "bookings")
+            }
+
+    before = await table_state()
+    assert any(r for r in before["carts"] if cart["cart_id"] in r)
+    events = sum([await gw.redis.xlen(gw.keys.stream(p)) for p in range(gw.settings.partitions)])
+    written_before = gw.worker.written
+    for p in range(gw.settings.partitions):
+        await gw.redis.xgroup_setid(gw.keys.stream(p), GROUP, "0")
+    deadline = asyncio.get_running_loop().time() + 30
+    while gw.worker.written < written_before + events:
+        assert asyncio.get_running_loop().time() < deadline, "replay did not finish"
+        await asyncio.sleep(0.05)
+    await gw.drained()
+    assert await table_state() == before  # same rows, same xmin: not even rewritten
+
+
+async def test_a_poison_event_is_dead_lettered_and_blocks_nothing(make_durable):
+    gw = await make_durable(max_deliveries=3)
+    cart = await gw.cart_with_items()
+    async with gw.pg.pool.acquire() as conn:
+        # a booking for this cart under another id: its real booking violates the
+        # one-booking-per-cart constraint and can never be written
+        await conn.execute(
+            "INSERT INTO bookings VALUES ('b00zzzzzzzzzzzzzz', $1, 'tother', 'u', 'CONFIRMED',"
+            " '[]', 100, 'INR', now())",
+            cart["cart_id"],
+        )
+    payment = await gw.start(cart["cart_id"])
+    others = asyncio.ensure_future(gw.checkouts(30))
+    assert (await gw.payu_return(payment)).code == 303
+    others_ids = await others
+    await gw.drained()
+    dead = []
+    for p in range(gw.settings.partitions):
+        dead += await gw.redis.xrange(gw.keys.deadletter(p))
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields["type"] == "payment.succeeded" and fields["dl.attempts"] == "3"
+    assert fields["dl.error"].startswith("23505")  # unique_violation
+    assert orjson.loads(fields["booking"])["cart_id"] == cart["cart_id"]
+    # everything else was written, the same batch's events included
+    assert (
+        await gw.count("SELECT count(*) FROM bookings WHERE booking_id = ANY($1)", others_ids) == 30
+    )
+    assert (
+        await gw.count(
+            "SELECT count(*) FROM payments WHERE txnid = $1 AND status = 'INITIATED'",
+            payment["txnid"],
+        )
+        == 1
+    )
+    metrics = (await gw.fetch("GET", "/metrics")).body.decode()
+    assert "gateway_writebehind_dead_letters_total 1.0" in metrics
+
+
+async def test_reconcile_finds_and_repairs(make_durable):
+    gw = await make_durable()
+    booking_ids = await gw.checkouts(20)
+    await gw.drained()
+    async with gw.pg.pool.acquire() as conn:
+        await conn.execute("DELETE FROM bookings WHERE booking_id = $1", booking_ids[3])
+        await conn.execute(
+            "UPDATE payments SET amount = amount + 1 WHERE booking_id = $1", booking_ids[5]
+        )
+    out = io.StringIO()
+    assert await reconcile(gw.settings, out, drain_timeout_s=5) == 1
+    text = out.getvalue()
+    assert f"bookings {booking_ids[3]}: missing in PostgreSQL" in text
+    assert "differs in amount" in text and "2 differences found" in text
+    out = io.StringIO()
+    assert await reconcile(gw.settings, out, repair=True, drain_timeout_s=5) == 1
+    await gw.drained()
+    out = io.StringIO()
+    assert await reconcile(gw.settings, out, drain_timeout_s=5) == 0, out.getvalue()
+
+
+async def test_reads_fall_back_to_postgres(make_durable):
+    gw = await make_durable()
+    [booking_id] = await gw.checkouts(1)
+    await gw.drained()
+    booking = await gw.json("GET", f"/v1/bookings/{booking_id}")
+    payment = await gw.json("GET", f"/v1/payments/{booking['txnid']}")
+    await gw.redis.delete(gw.keys.booking(booking_id), gw.keys.payment(booking["txnid"]))
+    assert await gw.json("GET", f"/v1/bookings/{booking_id}") == booking
+    assert await gw.json("GET", f"/v1/payments/{booking['txnid']}") == payment
+
+
+async def test_the_http_path_never_waits_for_postgres(make_durable):
+    """No worker at all: every return still gets its 303; the events wait in the stream."""
+    gw = await make_durable(worker=False)
+    await gw.checkouts(50)
+    assert await gw.count("SELECT count(*) FROM bookings") == 0
+    types = [e["type"] for e in await gw.events()]
+    assert types.count("payment.succeeded") == 50
+
+
+async def test_migrate_is_idempotent(database_url):
+    from store.pg_store import migrate
+
+    assert await migrate(database_url) == ["001_initial.sql"]
+    assert await migrate(database_url) == []
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    finally:
+        await conn.close()
