@@ -140,6 +140,9 @@ class PgStore:
             command_timeout=30,
             timeout=5,
             max_inactive_connection_lifetime=60,
+            # The worker acknowledges an event once its COMMIT returns: that COMMIT must be
+            # durable even where the server's default is asynchronous commit.
+            server_settings={"synchronous_commit": "on", "application_name": "gateway"},
         )
         return cls(pool, dsn)
 

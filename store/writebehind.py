@@ -392,11 +392,12 @@ async def safe_trim_point(redis: Redis, stream: str) -> str | None:
     return f"{low[0]}-{low[1]}"
 
 
-async def trim(redis: Redis, streams: list[str]) -> None:
+async def trim(redis: Redis, streams: list[str], approximate: bool = True) -> None:
+    """Trim each stream below its safe point (approximately: whole macro nodes only)."""
     for stream in streams:
         point = await safe_trim_point(redis, stream)
         if point is not None:
-            await redis.xtrim(stream, minid=point, approximate=True)
+            await redis.xtrim(stream, minid=point, approximate=approximate)
 
 
 def _parse_id(text: str) -> tuple[int, int]:

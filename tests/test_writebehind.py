@@ -179,3 +179,23 @@ async def test_migrate_is_idempotent(database_url):
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
     finally:
         await conn.close()
+
+
+async def test_trim_never_passes_the_oldest_unacknowledged_entry(make_durable):
+    from store.writebehind import trim
+
+    gw = await make_durable(worker=False)
+    await gw.checkouts(40)
+    streams = [gw.keys.stream(p) for p in range(gw.settings.partitions)]
+    lengths = {s: await gw.redis.xlen(s) for s in streams}
+    stream = max(lengths, key=lambda s: lengths[s])
+    ids = [i for i, _ in await gw.redis.xrange(stream)]
+    assert len(ids) >= 12
+    await gw.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await gw.redis.xreadgroup(GROUP, "t", {stream: ">"}, count=10)
+    await gw.redis.xack(stream, GROUP, *ids[:4], *ids[5:10])  # ids[4] stays pending
+    await trim(gw.redis, [stream], approximate=False)
+    assert [i for i, _ in await gw.redis.xrange(stream)] == ids[4:]
+    await gw.redis.xack(stream, GROUP, ids[4])  # now the oldest unacknowledged is undelivered
+    await trim(gw.redis, [stream], approximate=False)
+    assert [i for i, _ in await gw.redis.xrange(stream)] == ids[10:]
