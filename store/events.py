@@ -8,7 +8,7 @@ column order of ``CART_COLUMNS`` etc.; times stay integer milliseconds until SQL
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -143,30 +143,34 @@ class Rows:
     carts: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     payments: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     bookings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # entity in the event, table attribute, id field, row builder, index of rev in the row
+    _KINDS: ClassVar[tuple[tuple[str, str, str, Any, int], ...]] = (
+        ("cart", "carts", "cart_id", cart_row, CART_COLUMNS.index("rev")),
+        ("payment", "payments", "txnid", payment_row, PAYMENT_COLUMNS.index("rev")),
+        ("booking", "bookings", "booking_id", booking_row, -1),
+    )
 
     def add(self, fields: dict[str, str]) -> None:
         """Add one stream entry's entities. Raises ``BadEvent`` when it is not readable."""
+        if not fields.get("type"):
+            raise BadEvent("no type")
+        found = False
         try:
-            docs = {
-                k: orjson.loads(fields[k]) for k in ("cart", "payment", "booking") if k in fields
-            }
-            if not fields.get("type") or not docs:
-                raise BadEvent("no type or no entity")
-            rows: list[tuple[dict[str, tuple[Any, ...]], tuple[Any, ...], int]] = []
-            if "cart" in docs:
-                row = cart_row(docs["cart"])
-                rows.append((self.carts, row, 8))
-            if "payment" in docs:
-                row = payment_row(docs["payment"])
-                rows.append((self.payments, row, 13))
-            if "booking" in docs:
-                rows.append((self.bookings, booking_row(docs["booking"]), -1))
+            for name, table, key, build, rev_at in self._KINDS:
+                text = fields.get(name)
+                if text is None:
+                    continue
+                found = True
+                doc = orjson.loads(text)
+                old = getattr(self, table).get(doc[key])
+                # rows are built only for the newest revision of an entity in the batch
+                if old is None or (rev_at >= 0 and int(doc["rev"]) > old[rev_at]):
+                    row = build(doc)
+                    getattr(self, table)[row[0]] = row
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BadEvent(f"unreadable event: {type(exc).__name__}: {exc}") from None
-        for table, row, rev_at in rows:
-            old = table.get(row[0])
-            if old is None or (rev_at >= 0 and row[rev_at] > old[rev_at]):
-                table[row[0]] = row
+        if not found:
+            raise BadEvent("no entity")
 
     def __len__(self) -> int:
         return len(self.carts) + len(self.payments) + len(self.bookings)

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 LUA_DIR = Path(__file__).with_name("lua")
-NAMES = ("cart_create", "cart_items", "payment_start", "payment_settle")
+NAMES = ("cart_create", "cart_items", "payment_start", "payment_settle", "retain")
 
 
 def source(name: str) -> str:
@@ -24,6 +24,7 @@ class Scripts:
     cart_items: AsyncScript
     payment_start: AsyncScript
     payment_settle: AsyncScript
+    retain: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from store.events import BadEvent, Rows
 from store.keys import Keys
 from store.pg_store import PgStore, migrate, write_rows
+from store.scripts import source
 
 log = logging.getLogger("gateway.writebehind")
 GROUP = "writebehind"
@@ -83,6 +84,7 @@ class WriteBehind:
         self._last_trim = time.monotonic()
         self._retry_pending = True  # on start, drain our own pending entries first
         self.written = 0
+        self.retain_script = redis.register_script(source("retain"))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batch in hand is finished before returning."""
@@ -293,20 +295,28 @@ class WriteBehind:
             rows = Rows()
             for entry in entries:
                 rows.add(entry[2] or {})
-        cfg = self.config
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for cart_id, cart in rows.carts.items():
-                if cart[3] == "CONVERTED":
-                    pipe.expire(self.keys.cart(cart_id), cfg.retention_s)
-            for txnid, pay in rows.payments.items():
-                if pay[6] == "SUCCESS":
-                    pipe.expire(self.keys.payment(txnid), cfg.retention_s)
-                elif pay[6] == "FAILED":
-                    # a FAILED payment may still succeed within the payment window
-                    pipe.expire(self.keys.payment(txnid), cfg.failed_retention_s)
-            for booking_id in rows.bookings:
-                pipe.expire(self.keys.booking(booking_id), cfg.retention_s)
-            await pipe.execute()
+        cfg, keys = self.config, self.keys
+        by_tag: dict[str, tuple[list[str], list[int]]] = {}
+
+        def add(key: str, ttl: int) -> None:
+            tag = key[: key.index("}") + 1]  # one script call per partition (one slot)
+            ks, ttls = by_tag.setdefault(tag, ([], []))
+            ks.append(key)
+            ttls.append(ttl)
+
+        for cart_id, cart in rows.carts.items():
+            if cart[3] == "CONVERTED":
+                add(keys.cart(cart_id), cfg.retention_s)
+        for txnid, pay in rows.payments.items():
+            if pay[6] == "SUCCESS":
+                add(keys.payment(txnid), cfg.retention_s)
+            elif pay[6] == "FAILED":
+                # a FAILED payment may still succeed within the payment window
+                add(keys.payment(txnid), cfg.failed_retention_s)
+        for booking_id in rows.bookings:
+            add(keys.booking(booking_id), cfg.retention_s)
+        for ks, ttls in by_tag.values():
+            await self.retain_script(keys=ks, args=ttls)
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
