@@ -30,6 +30,7 @@ import orjson
 import uvloop
 
 from store import keys as ids
+from store import pg_store
 from store.events import BOOKING_COLUMNS, CART_COLUMNS, PAYMENT_COLUMNS, Rows
 from store.pg_store import PgStore, migrate, write_rows
 from store.redis_store import RedisStore
@@ -143,10 +144,26 @@ def _pg_type(_conn: Any, _table: str, column: str) -> str:
 
 
 async def write_unnest(conn: asyncpg.Connection, rows: Rows) -> None:
-    await write_rows(conn, rows)
+    for name, data in (
+        ("carts", rows.carts),
+        ("payments", rows.payments),
+        ("bookings", rows.bookings),
+    ):
+        if data:
+            width = len(pg_store.TABLES[name][0])
+            await conn.execute(pg_store.SQL[name], *pg_store._columns(data.values(), width))
 
 
-METHODS = {"executemany": write_executemany, "unnest": write_unnest, "copy": write_copy}
+async def write_gateway(conn: asyncpg.Connection, rows: Rows) -> None:
+    await write_rows(conn, rows)  # what the worker does: unnest, or COPY for large batches
+
+
+METHODS = {
+    "executemany": write_executemany,
+    "unnest": write_unnest,
+    "copy": write_copy,
+    "gateway": write_gateway,
+}
 
 
 async def bench_methods(

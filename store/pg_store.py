@@ -1,8 +1,9 @@
 """PostgreSQL: the durable record. All SQL of the carts, payments and bookings tables is here.
 
-Writes are idempotent batch upserts, one ``INSERT … SELECT FROM unnest(…) ON CONFLICT`` per
-table (decision 9 in docs/decisions.md has the figures that chose it); a row only moves
-forward (``WHERE table.rev < EXCLUDED.rev``).
+Writes are idempotent batch upserts; a row only moves forward (``WHERE table.rev <
+EXCLUDED.rev``). Per table, a batch of up to ``COPY_FROM_ROWS`` rows is one ``INSERT …
+SELECT FROM unnest(…) ON CONFLICT``; a larger one is COPYed into a temporary staging table,
+then ``INSERT … SELECT … ON CONFLICT`` (decision 9 in docs/decisions.md has the figures).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ _TYPES = {
 }
 
 
-def _upsert(table: str, columns: Sequence[str], key: str, versioned: bool, force: bool) -> str:
+COPY_FROM_ROWS = 300  # rows of one table in one batch; above it, COPY wins
+
+
+def _upsert(
+    table: str, columns: Sequence[str], key: str, versioned: bool, force: bool, copy: bool = False
+) -> str:
     arrays = ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
     select = ", ".join(
         f"'epoch'::timestamptz + t.{c} * interval '1 millisecond'"
@@ -47,10 +53,11 @@ def _upsert(table: str, columns: Sequence[str], key: str, versioned: bool, force
         else f"t.{c}"
         for c in columns
     )
+    source = f"stage_{table} AS t" if copy else (f"unnest({arrays}) AS t({', '.join(columns)})")
     sql = (
         # built once at import from the constant column lists above: no input reaches it
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "  # noqa: S608
-        f"FROM unnest({arrays}) AS t({', '.join(columns)}) "
+        f"FROM {source} "
     )
     if not versioned:
         return sql + f"ON CONFLICT ({key}) DO NOTHING"
@@ -80,6 +87,22 @@ SQL = {
     "payments!": _upsert("payments", PAYMENT_COLUMNS, "txnid", True, True),
     "bookings!": _upsert("bookings", BOOKING_COLUMNS, "booking_id", False, True),
 }
+TABLES = {
+    "carts": (CART_COLUMNS, "cart_id", True),
+    "payments": (PAYMENT_COLUMNS, "txnid", True),
+    "bookings": (BOOKING_COLUMNS, "booking_id", False),
+}
+COPY_SQL = {
+    name + bang: _upsert(name, cols, key, versioned, bang == "!", copy=True)
+    for name, (cols, key, versioned) in TABLES.items()
+    for bang in ("", "!")
+}
+STAGE_DDL = {
+    name: f"CREATE TEMP TABLE IF NOT EXISTS stage_{name} ("
+    + ", ".join(f"{c} {'text' if c == 'items' else _TYPES.get(c, 'text')}" for c in cols)
+    + ") ON COMMIT DELETE ROWS"
+    for name, (cols, _, _) in TABLES.items()
+}
 SELECT = {
     "carts": _select("carts", CART_COLUMNS, "cart_id"),
     "payments": _select("payments", PAYMENT_COLUMNS, "txnid"),
@@ -98,16 +121,22 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
 async def write_rows(conn: asyncpg.Connection, rows: Rows, force: bool = False) -> None:
     """Upsert a batch's rows on ``conn`` (the caller owns the transaction)."""
     bang = "!" if force else ""
-    if rows.carts:
-        await conn.execute(SQL["carts" + bang], *_columns(rows.carts.values(), len(CART_COLUMNS)))
-    if rows.payments:
-        await conn.execute(
-            SQL["payments" + bang], *_columns(rows.payments.values(), len(PAYMENT_COLUMNS))
-        )
-    if rows.bookings:
-        await conn.execute(
-            SQL["bookings" + bang], *_columns(rows.bookings.values(), len(BOOKING_COLUMNS))
-        )
+    for name, data in (
+        ("carts", rows.carts),
+        ("payments", rows.payments),
+        ("bookings", rows.bookings),
+    ):
+        if not data:
+            continue
+        columns = TABLES[name][0]
+        if len(data) > COPY_FROM_ROWS:
+            await conn.execute(STAGE_DDL[name])
+            await conn.copy_records_to_table(
+                f"stage_{name}", records=list(data.values()), columns=columns
+            )
+            await conn.execute(COPY_SQL[name + bang])
+        else:
+            await conn.execute(SQL[name + bang], *_columns(data.values(), len(columns)))
 
 
 def as_hash(record: asyncpg.Record) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 
 import asyncpg
@@ -199,3 +200,42 @@ async def test_trim_never_passes_the_oldest_unacknowledged_entry(make_durable):
     await gw.redis.xack(stream, GROUP, ids[4])  # now the oldest unacknowledged is undelivered
     await trim(gw.redis, [stream], approximate=False)
     assert [i for i, _ in await gw.redis.xrange(stream)] == ids[10:]
+
+
+async def test_large_batches_go_through_copy_and_stay_idempotent(make_durable, monkeypatch):
+    from store import pg_store
+
+    copies = []
+    original = asyncpg.connection.Connection.copy_records_to_table
+
+    async def spy(self, table, **kw):
+        copies.append(table)
+        return await original(self, table, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "copy_records_to_table", spy)
+    gw = await make_durable(worker=False)
+    await gw.checkouts(pg_store.COPY_FROM_ROWS + 50)
+    from gateway.background import writebehind
+
+    stop = asyncio.Event()
+    worker = writebehind(gw.settings, gw.store, gw.pg, gw.metrics, "bulk")
+    worker.config = dataclasses.replace(gw.settings.writebehind, batch_size=10_000, max_wait_ms=500)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await gw.drained()
+        assert {"stage_carts", "stage_payments", "stage_bookings"} <= set(copies)
+        out = io.StringIO()
+        assert await reconcile(gw.settings, out, drain_timeout_s=5) == 0, out.getvalue()
+        async with gw.pg.pool.acquire() as conn:
+            before = sorted(tuple(r) for r in await conn.fetch("SELECT xmin::text, * FROM carts"))
+        written = worker.written
+        for p in range(gw.settings.partitions):
+            await gw.redis.xgroup_setid(gw.keys.stream(p), GROUP, "0")
+        while worker.written < 2 * written:
+            await asyncio.sleep(0.05)
+        async with gw.pg.pool.acquire() as conn:
+            after = sorted(tuple(r) for r in await conn.fetch("SELECT xmin::text, * FROM carts"))
+        assert after == before
+    finally:
+        stop.set()
+        await task
