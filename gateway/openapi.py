@@ -581,7 +581,12 @@ def _ops_schemas() -> Json:
         ),
         "Ready": _object(
             {
-                "status": {"type": "string", "enum": ["ready", "not ready"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["ready", "degraded", "not ready"],
+                    "description": "degraded: serving, but the write-behind lags past its "
+                    "bound (503 instead when GATEWAY_READY_FAIL_ON_LAG=true)",
+                },
                 "checks": _object(
                     {
                         "redis": {"type": "boolean", "description": "Redis answers"},
@@ -589,9 +594,35 @@ def _ops_schemas() -> Json:
                             "type": "boolean",
                             "description": "false while the process drains",
                         },
+                        "writebehind_lag": {
+                            "type": "boolean",
+                            "description": "the oldest event PostgreSQL lacks is younger than "
+                            "GATEWAY_READY_MAX_LAG_S",
+                        },
                     },
-                    "each check; ready when all are true",
+                    "each check",
                 ),
+                "writebehind": {
+                    "oneOf": [
+                        {"type": "null"},
+                        _object(
+                            {
+                                "lag_seconds": {"type": "number", "minimum": 0},
+                                "bound_seconds": {"type": "number"},
+                                "queue_length": {"type": "integer", "minimum": 0},
+                                "pending": {"type": "integer", "minimum": 0},
+                                "dead_letters": {"type": "integer", "minimum": 0},
+                            },
+                            "the write-behind queue, read every second",
+                        ),
+                    ],
+                    "description": "null until the first reading",
+                },
+                "redis_durability": {
+                    "type": "string",
+                    "description": "how Redis persists: aof-always (wanted), aof-everysec, "
+                    "aof-no, none, unknown",
+                },
                 "providers": {
                     "type": "array",
                     "items": _ref("Provider"),

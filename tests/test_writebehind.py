@@ -239,3 +239,33 @@ async def test_large_batches_go_through_copy_and_stay_idempotent(make_durable, m
     finally:
         stop.set()
         await task
+
+
+async def test_readyz_reports_the_lag_past_its_bound(make_durable):
+    from gateway.background import monitor
+
+    gw = await make_durable(worker=False)  # nothing drains: the lag grows
+    await gw.checkouts(3)
+    ctx = gw.app.settings["ctx"]
+    ctx.settings = dataclasses.replace(ctx.settings, ready_max_lag_s=0.2)
+    stop = asyncio.Event()
+
+    def publish(stats):
+        ctx.queue = stats
+
+    task = asyncio.create_task(monitor(ctx.settings, gw.store, gw.metrics, publish, stop, 0.05))
+    try:
+        await asyncio.sleep(0.4)
+        body = await gw.json("GET", "/readyz", auth=False)
+        assert body["status"] == "degraded" and body["checks"]["writebehind_lag"] is False
+        assert body["writebehind"]["lag_seconds"] > 0.2 and body["writebehind"]["queue_length"] > 0
+        ctx.settings = dataclasses.replace(ctx.settings, ready_fail_on_lag=True)
+        r = await gw.fetch("GET", "/readyz", auth=False)
+        assert r.code == 503 and orjson.loads(r.body)["status"] == "not ready"
+        metrics = (await gw.fetch("GET", "/metrics")).body.decode()
+        assert "gateway_writebehind_lag_seconds" in metrics
+        # 3 checkouts of 4 events: cart created, item added, payment started, succeeded
+        assert "gateway_writebehind_queue_length 12.0" in metrics, metrics
+    finally:
+        stop.set()
+        await task

@@ -1,7 +1,7 @@
 -- Give records PostgreSQL now holds their retention TTL, many at once (one call per
 -- partition and batch instead of one EXPIRE per key).
--- KEYS[i] a cart, payment or booking hash of one partition
--- ARGV[i] its TTL in seconds
+-- KEYS[1] .. KEYS[n] carts, payments or bookings of one partition (KEYS[i] gets ARGV[i])
+-- ARGV[1] .. ARGV[n] their TTLs in seconds
 -- Returns the number of keys that existed.
 local n = 0
 for i, key in ipairs(KEYS) do
