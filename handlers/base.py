@@ -55,15 +55,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx = ctx
         self.error_reason = ""
         ctx.in_flight += 1  # every handler object ends in on_finish, which takes it back
+        rid = self.request.headers.get("X-Request-ID", "")
+        self.request_id = rid if REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
+        self.set_header("X-Request-ID", self.request_id)
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
         self.set_header("Cache-Control", "no-store")
+        rid = getattr(self, "request_id", None)  # again after send_error's clear()
+        if rid:
+            self.set_header("X-Request-ID", rid)
 
     def prepare(self) -> None:
-        rid = self.request.headers.get("X-Request-ID", "")
-        self.request_id = rid if REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
-        self.set_header("X-Request-ID", self.request_id)
         length = self.request.headers.get("Content-Length")
         limit = self.ctx.settings.max_body_bytes
         if (length is not None and length.isdigit() and int(length) > limit) or len(
@@ -136,7 +139,7 @@ class BaseHandler(tornado.web.RequestHandler):
                     "status": status,
                     "detail": detail,
                     "instance": self.request.path,
-                    "request_id": getattr(self, "request_id", None),
+                    "request_id": self.request_id,
                 }
             )
         )

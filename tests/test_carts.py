@@ -236,3 +236,14 @@ async def test_carts_expire(make_gw):
     assert (await gw.json("GET", f"/v1/carts/{paying['cart_id']}"))["status"] == "CONVERTED"
     assert await gw.redis.pttl(gw.keys.cart(paying["cart_id"])) == -1
     assert await gw.redis.pttl(gw.keys.payment(payment["txnid"])) == -1
+
+
+async def test_request_id_echoed_or_made(gw):
+    r = await gw.fetch("GET", "/v1/carts/c00aaaaaaaaaaaaaa", headers={"X-Request-ID": "abc-123"})
+    assert r.code == 404 and r.headers["X-Request-ID"] == "abc-123"
+    assert orjson.loads(r.body)["request_id"] == "abc-123"
+    r = await gw.fetch("GET", "/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    made = r.headers["X-Request-ID"]
+    assert len(made) == 16 and made != "bad id with spaces"
+    r = await gw.fetch("PROPFIND", "/v1/carts", body=b"")
+    assert r.code == 405 and orjson.loads(r.body)["request_id"] == r.headers["X-Request-ID"]

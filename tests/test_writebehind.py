@@ -269,3 +269,69 @@ async def test_readyz_reports_the_lag_past_its_bound(make_durable):
     finally:
         stop.set()
         await task
+
+
+async def test_two_workers_share_the_group(make_durable):
+    from gateway.background import writebehind
+
+    gw = await make_durable()  # one worker in the gateway, a second one here
+    stop = asyncio.Event()
+    other = writebehind(gw.settings, gw.store, gw.pg, gw.metrics, "second")
+    task = asyncio.create_task(other.run(stop))
+    try:
+        await gw.checkouts(600)
+        await gw.drained()
+    finally:
+        stop.set()
+        await task
+    assert gw.worker.written > 0 and other.written > 0
+    assert await gw.count("SELECT count(*) FROM bookings") == 600
+    assert await gw.count("SELECT count(*) FROM payments WHERE status = 'SUCCESS'") == 600
+
+
+async def test_redis_durability_is_checked(gw):
+    from store.redis_store import RedisStore
+    from tests.services import start_redis
+
+    assert await gw.store.durability() in ("none", "aof-everysec", "aof-always", "aof-no")
+    proc, port, folder = start_redis(["--appendonly", "yes", "--appendfsync", "always"])
+    try:
+        store = await RedisStore.connect(
+            f"redis://127.0.0.1:{port}/0", "gwtest", cart_ttl_s=60, payment_window_s=60
+        )
+        async with store:
+            assert await store.durability() == "aof-always"
+            await store.client.config_set("appendfsync", "everysec")
+            assert await store.durability() == "aof-everysec"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_cli_migrate_and_reconcile(database_url, prefix):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REDIS_URL, base_env
+
+    env = {
+        **os.environ,
+        **base_env(prefix, GATEWAY_DATABASE_URL=database_url, GATEWAY_REDIS_URL=REDIS_URL),
+    }
+    cmd = [sys.executable, "-m", "gateway.cli"]
+    first = subprocess.run([*cmd, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "001_initial.sql" in first.stdout
+    again = subprocess.run([*cmd, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    rec = subprocess.run(
+        [*cmd, "reconcile", "--drain-timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rec.returncode == 0 and "0 differences" in rec.stdout
