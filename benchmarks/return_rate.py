@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import re
 import secrets
@@ -36,6 +35,7 @@ from store import keys as ids
 from store.pg_store import migrate
 from store.redis_store import RedisStore
 from store.writebehind import queue_stats
+from tests import payu_sign
 from tests.conftest import db_url
 from tests.services import free_port, postgres_admin_url, redis_url
 
@@ -54,30 +54,6 @@ request = function()
     {["Content-Type"] = "application/x-www-form-urlencoded"}, bodies[i])
 end
 """
-
-
-def reverse_hash(f: dict[str, str]) -> str:
-    seq = [
-        SALT,
-        f["status"],
-        "",
-        "",
-        "",
-        "",
-        "",
-        f["udf5"],
-        f["udf4"],
-        f["udf3"],
-        f["udf2"],
-        f["udf1"],
-        f["email"],
-        f["firstname"],
-        f["productinfo"],
-        f["amount"],
-        f["txnid"],
-        f["key"],
-    ]
-    return hashlib.sha512("|".join(seq).encode()).hexdigest()
 
 
 async def make_payments(store: RedisStore, n: int, partitions: int) -> list[str]:
@@ -106,7 +82,7 @@ async def make_payments(store: RedisStore, n: int, partitions: int) -> list[str]
                 "status": "success",
                 "mihpayid": f"m{i}",
             }
-            form["hash"] = reverse_hash(form)
+            form["hash"] = payu_sign.response_hash(form, SALT)
             bodies.append(urllib.parse.urlencode(form))
 
     await asyncio.gather(*(one(i) for i in range(n)))

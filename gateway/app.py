@@ -1,8 +1,10 @@
-"""Builds the Tornado application from opened stores: routes, context, request metrics."""
+"""Opens the stores, and builds the Tornado application from them: routes, context, metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -45,6 +47,19 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"/readyz", ReadyHandler),
     (r"/openapi.json", OpenAPIHandler),
 ]
+
+
+@contextlib.asynccontextmanager
+async def open_stores(settings: Settings) -> AsyncIterator[tuple[RedisStore, PgStore]]:
+    """Redis (connected, scripts loaded) and the PostgreSQL pool (connecting lazily)."""
+    store = await RedisStore.connect(
+        settings.redis_url,
+        settings.redis_prefix,
+        cart_ttl_s=settings.cart_ttl_s,
+        payment_window_s=settings.payment_window_s,
+    )
+    async with store, await PgStore.open(settings.database_url) as pg:
+        yield store, pg
 
 
 def make_app(

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway.app import open_stores
 from gateway.config import Settings
 from store.events import (
     BOOKING_COLUMNS,
@@ -48,13 +49,7 @@ async def reconcile(
     settings: Settings, out: TextIO, *, repair: bool = False, drain_timeout_s: float = 60.0
 ) -> int:
     """Print the differences; return 0 when there are none, 1 otherwise."""
-    store = await RedisStore.connect(
-        settings.redis_url,
-        settings.redis_prefix,
-        cart_ttl_s=settings.cart_ttl_s,
-        payment_window_s=settings.payment_window_s,
-    )
-    async with store, await PgStore.open(settings.database_url) as pg:
+    async with open_stores(settings) as (store, pg):
         deadline = time.monotonic() + drain_timeout_s
         while True:
             stats = await queue_stats(store.client, store.keys, settings.partitions)

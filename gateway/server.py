@@ -19,12 +19,10 @@ import tornado.httpserver
 import tornado.netutil
 import uvloop
 
-from gateway.app import make_app
+from gateway.app import make_app, open_stores
 from gateway.background import consumer_name, monitor, writebehind
 from gateway.config import Settings
 from gateway.metrics import Metrics
-from store.pg_store import PgStore
-from store.redis_store import RedisStore
 from store.writebehind import QueueStats
 
 log = logging.getLogger("gateway.server")
@@ -33,13 +31,7 @@ DRAIN_TIMEOUT_S = 10.0
 
 async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None:
     """Run one gateway process until SIGTERM or SIGINT, then drain and close."""
-    store = await RedisStore.connect(
-        settings.redis_url,
-        settings.redis_prefix,
-        cart_ttl_s=settings.cart_ttl_s,
-        payment_window_s=settings.payment_window_s,
-    )
-    async with store, await PgStore.open(settings.database_url) as pg:
+    async with open_stores(settings) as (store, pg):
         metrics = Metrics()
         app = make_app(settings, store, metrics, pg=pg)
         ctx = app.settings["ctx"]
@@ -169,13 +161,7 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
 
 async def work(settings: Settings, slot: int, name: str | None = None) -> None:
     """A standalone write-behind worker, until SIGTERM or SIGINT."""
-    store = await RedisStore.connect(
-        settings.redis_url,
-        settings.redis_prefix,
-        cart_ttl_s=settings.cart_ttl_s,
-        payment_window_s=settings.payment_window_s,
-    )
-    async with store, await PgStore.open(settings.database_url) as pg:
+    async with open_stores(settings) as (store, pg):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,21 +39,25 @@ def iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms % 1000:03d}Z"
 
 
-def cart_view(h: dict[str, str], now: int | None = None) -> dict[str, Any]:
-    status = h["status"]
-    if status in ("ACTIVE", "CHECKOUT") and int(h["expires_at"]) <= (now or now_ms()):
-        status = "EXPIRED"
-    items = orjson.loads(h["items"])
+def items_view(text: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = orjson.loads(text)
     for item in items:
         item["unit_amount"] = int(item["unit_amount"])
         item["quantity"] = int(item["quantity"])
         item["line_amount"] = item["unit_amount"] * item["quantity"]
+    return items
+
+
+def cart_view(h: dict[str, str], now: int | None = None) -> dict[str, Any]:
+    status = h["status"]
+    if status in ("ACTIVE", "CHECKOUT") and int(h["expires_at"]) <= (now or now_ms()):
+        status = "EXPIRED"
     return {
         "cart_id": h["cart_id"],
         "user_id": h["user_id"],
         "currency": h["currency"],
         "status": status,
-        "items": items,
+        "items": items_view(h["items"]),
         "total_amount": int(h["total_amount"]),
         "version": int(h["version"]),
         "created_at": iso(int(h["created_at"])),
@@ -83,18 +87,13 @@ def payment_view(h: dict[str, str]) -> dict[str, Any]:
 
 
 def booking_view(h: dict[str, str]) -> dict[str, Any]:
-    items = orjson.loads(h["items"])
-    for item in items:
-        item["unit_amount"] = int(item["unit_amount"])
-        item["quantity"] = int(item["quantity"])
-        item["line_amount"] = item["unit_amount"] * item["quantity"]
     return {
         "booking_id": h["booking_id"],
         "cart_id": h["cart_id"],
         "txnid": h["txnid"],
         "user_id": h["user_id"],
         "status": h["status"],
-        "items": items,
+        "items": items_view(h["items"]),
         "amount": int(h["amount"]),
         "currency": h["currency"],
         "created_at": iso(int(h["created_at"])),
