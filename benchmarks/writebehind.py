@@ -219,7 +219,8 @@ async def bench_drain(
         try:
             await migrate(dsn)
             for s in streams:  # every run reads the whole streams from the start
-                await store.client.xgroup_destroy(s, GROUP)  # 0 when it does not exist
+                if await store.client.exists(s):
+                    await store.client.xgroup_destroy(s, GROUP)  # 0 when there is no group
             async with await PgStore.open(dsn) as pg:
                 worker = WriteBehind(
                     store.client,
