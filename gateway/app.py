@@ -71,18 +71,28 @@ def make_app(
 ) -> tornado.web.Application:
     """The application, with its ``Context`` reachable as ``app.settings['ctx']``."""
     metrics = metrics or Metrics()
+    timed = settings.request_metrics
+    if timed:
+        store.observe = metrics.redis_call
+        if pg is not None:
+            pg.observe = metrics.postgres_call
     providers = build_providers(settings) if providers is None else providers
     checkout = Checkout(settings, store, providers, metrics, pg)
     ctx = Context(settings, store, checkout, metrics, orjson.dumps(openapi.document()), pg)
     histogram = metrics.request_duration
+    errors = metrics.errors
+    access_log = log.isEnabledFor(logging.INFO)  # one JSON line per request at info
 
     def log_request(handler: Any) -> None:
         name = getattr(handler, "name", "unknown")
         status = handler.get_status()
         elapsed = handler.request.request_time()
-        histogram.labels(name, handler.request.method, str(status)).observe(elapsed)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
+        if timed:
+            histogram.labels(name, handler.request.method, str(status)).observe(elapsed)
+        if status >= 400:
+            errors.labels(name, str(status)).inc()
+        if access_log:
+            log.info(
                 "request",
                 extra={
                     "method": handler.request.method,

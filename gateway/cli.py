@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import asyncpg
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="consumer name prefix (default: host name); keep it stable across "
         "restarts so that a worker drains its own pending entries first",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port (+ the process's slot); default off",
+    )
     sub.add_parser("migrate", help="apply the PostgreSQL schema (safe to run again)")
     rec = sub.add_parser(
         "reconcile",
@@ -64,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the write-behind queue to drain (default 60)",
     )
     return parser
+
+
+def multiprocess_dir(data_dir: Path, port: int) -> Path:
+    """A fresh folder for prometheus-client's per-process files, named in the environment."""
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / f"metrics-{port}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):
+        old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,17 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.processes <= 64:
             print("gateway: --processes must be between 1 and 64", file=sys.stderr)
             return 2
-        return run_processes(args.processes, lambda slot: work(settings, slot, args.name))
+        return run_processes(
+            args.processes, lambda slot: work(settings, slot, args.name, args.metrics_port)
+        )
     if args.command == "serve":
         from gateway.server import run
 
         if args.workers < 1 or args.workers > 64:
             print("gateway: --workers must be between 1 and 64", file=sys.stderr)
             return 2
+        port = args.port or settings.port
+        if args.workers > 1:
+            # before anything imports prometheus-client: it picks its mode at import
+            metrics_dir = multiprocess_dir(settings.data_dir, port)
+            log.info("metrics: multiprocess mode", extra={"dir": str(metrics_dir)})
         try:
-            return run(
-                settings, args.host or settings.host, args.port or settings.port, args.workers
-            )
+            return run(settings, args.host or settings.host, port, args.workers)
         except Unavailable as exc:
             log.error("cannot start", extra={"error": exc.detail})
             return 1

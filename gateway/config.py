@@ -60,6 +60,7 @@ class Settings:
     writebehind_in_process: bool = True
     ready_max_lag_s: float = 30.0
     ready_fail_on_lag: bool = False
+    request_metrics: bool = True
     max_body_bytes: int = 16 * 1024
 
     @classmethod
@@ -152,6 +153,7 @@ class Settings:
             writebehind_in_process=env.boolean("GATEWAY_WB_IN_PROCESS", True),
             ready_max_lag_s=env.integer("GATEWAY_READY_MAX_LAG_S", 30, low=1, high=86400),
             ready_fail_on_lag=env.boolean("GATEWAY_READY_FAIL_ON_LAG", False),
+            request_metrics=env.boolean("GATEWAY_REQUEST_METRICS", True),
         )
 
 

@@ -1,12 +1,49 @@
-"""Prometheus metrics. Names and labels are part of the contract (see docs/api.md)."""
+"""Prometheus metrics. Names and labels are part of the contract (README, Operations).
+
+With several processes (``gateway serve --workers N``) prometheus-client runs in its
+multiprocess mode: ``gateway.cli`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder
+before anything imports prometheus-client, each process writes its values there, the
+supervisor marks dead workers, and any process's ``/metrics`` adds them all up.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from store.writebehind import Hooks, QueueStats
 
 # Dense around the 18 ms objective; 0.018 is a bound so the SLO is read off one bucket.
+CALL_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.018,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 LATENCY_BUCKETS = (
     0.001,
     0.002,
@@ -45,6 +82,27 @@ class Metrics:
             "HTTP request duration by route handler, method and status code.",
             ("handler", "method", "code"),
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "gateway_http_errors",
+            "Answers with a 4xx or 5xx status, by handler and code (requests in all: "
+            "gateway_request_duration_seconds_count).",
+            ("handler", "code"),
+            registry=r,
+        )
+        self.redis_calls = Histogram(
+            "gateway_redis_call_duration_seconds",
+            "Redis calls made while answering requests, by call (script or command).",
+            ("call",),
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.postgres_calls = Histogram(
+            "gateway_postgres_call_duration_seconds",
+            "PostgreSQL calls: write-behind batches (write_batch) and fallback reads (fetch).",
+            ("call",),
+            buckets=CALL_BUCKETS,
             registry=r,
         )
         self.bad_requests = Counter(
@@ -92,21 +150,25 @@ class Metrics:
         self.wb_queue_length = Gauge(
             "gateway_writebehind_queue_length",
             "Events not yet acknowledged by the write-behind (pending or not yet delivered).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.wb_pending = Gauge(
             "gateway_writebehind_pending",
             "Events delivered to a write-behind worker and not yet acknowledged.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.wb_lag = Gauge(
             "gateway_writebehind_lag_seconds",
             "Age of the oldest event PostgreSQL does not hold yet (0 when none).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.wb_dead_letter_entries = Gauge(
             "gateway_writebehind_dead_letter_entries",
             "Events in the dead-letter streams, waiting for an operator.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.wb_batch_size = Histogram(
@@ -137,6 +199,20 @@ class Metrics:
             "Events taken by the write-behind (written, or dead-lettered).",
             registry=r,
         )
+
+    def redis_call(self, call: str, seconds: float) -> None:
+        self.redis_calls.labels(call).observe(seconds)
+
+    def postgres_call(self, call: str, seconds: float) -> None:
+        self.postgres_calls.labels(call).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text a scrape gets: this process's registry, or every live process's."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def queue(self, stats: QueueStats) -> None:
         self.wb_queue_length.set(stats.backlog)

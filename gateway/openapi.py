@@ -590,6 +590,10 @@ def _ops_schemas() -> Json:
                 "checks": _object(
                     {
                         "redis": {"type": "boolean", "description": "Redis answers"},
+                        "scripts": {
+                            "type": "boolean",
+                            "description": "every Lua script is loaded in Redis",
+                        },
                         "accepting": {
                             "type": "boolean",
                             "description": "false while the process drains",

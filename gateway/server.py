@@ -145,6 +145,11 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
         if pid not in children:
             continue
         slot = children.pop(pid)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            # its live gauges go; its counters stay
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         if os.waitstatus_to_exitcode(code) != 0:
             status = 1
         if not stopping:
@@ -159,12 +164,30 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
     return status
 
 
-async def work(settings: Settings, slot: int, name: str | None = None) -> None:
-    """A standalone write-behind worker, until SIGTERM or SIGINT."""
+async def work(
+    settings: Settings, slot: int, name: str | None = None, metrics_port: int = 0
+) -> None:
+    """A standalone write-behind worker, until SIGTERM or SIGINT.
+
+    With ``metrics_port``, process ``slot`` serves its metrics on ``metrics_port + slot``
+    (one scrape target per worker process)."""
     async with open_stores(settings) as (store, pg):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         consumer = f"{name}-{slot}" if name else consumer_name("worker", slot)
-        await writebehind(settings, store, pg, Metrics(), consumer).run(stop)
+        metrics = Metrics()
+        pg.observe = metrics.postgres_call
+        tasks = []
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port + slot, settings.host, registry=metrics.registry)
+
+            def publish(stats: QueueStats) -> None:
+                pass
+
+            tasks.append(asyncio.create_task(monitor(settings, store, metrics, publish, stop)))
+        await writebehind(settings, store, pg, metrics, consumer).run(stop)
+        await asyncio.gather(*tasks)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from handlers.base import BaseHandler
 
 
@@ -25,8 +23,10 @@ class ReadyHandler(BaseHandler):
         ctx, settings = self.ctx, self.ctx.settings
         queue = ctx.queue
         lag_ok = queue is None or queue.oldest_age_s <= settings.ready_max_lag_s
+        redis_ok, scripts_ok = await ctx.store.ready()
         checks = {
-            "redis": await ctx.store.ping(),
+            "redis": redis_ok,
+            "scripts": scripts_ok,
             "accepting": not ctx.draining,
             "writebehind_lag": lag_ok,
         }
@@ -34,7 +34,10 @@ class ReadyHandler(BaseHandler):
         # never waits for PostgreSQL), and failing readiness on every instance at once would
         # turn a PostgreSQL outage into a full one: it degrades, unless told to fail.
         ready = (
-            checks["redis"] and checks["accepting"] and (lag_ok or not settings.ready_fail_on_lag)
+            redis_ok
+            and scripts_ok
+            and not ctx.draining
+            and (lag_ok or not settings.ready_fail_on_lag)
         )
         status = "not ready" if not ready else "ready" if lag_ok else "degraded"
         body = {
@@ -61,8 +64,9 @@ class MetricsHandler(BaseHandler):
     requires_auth = False
 
     def get(self) -> None:
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(self.ctx.metrics.registry))
+        body, content_type = self.ctx.metrics.exposition()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class OpenAPIHandler(BaseHandler):

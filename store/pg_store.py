@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -159,6 +160,8 @@ class PgStore:
         self.pool = pool
         self.dsn = dsn
         self._closed = False
+        # (call, seconds) of every call; gateway.metrics wires it up
+        self.observe: Callable[[str, float], None] = lambda call, seconds: None
 
     @classmethod
     async def open(cls, dsn: str, max_size: int = 4) -> PgStore:
@@ -190,8 +193,12 @@ class PgStore:
 
     async def fetch(self, table: str, ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """Rows of ``table`` by primary key, each in its Redis hash shape."""
-        async with self.pool.acquire() as conn:
-            records = await conn.fetch(SELECT[table], list(ids))
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire() as conn:
+                records = await conn.fetch(SELECT[table], list(ids))
+        finally:
+            self.observe("fetch", time.perf_counter() - started)
         return {r[0]: as_hash(r) for r in records}
 
     async def fetch_one(self, table: str, key: str) -> dict[str, str] | None:

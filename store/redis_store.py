@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -18,9 +19,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from store import keys as ids
 from store.keys import Keys
+from store.scripts import NAMES as SCRIPT_NAMES
 from store.scripts import Scripts
 
 log = logging.getLogger("gateway.store")
+T = TypeVar("T")
 
 # Limits that keep every amount an exact integer in Lua (doubles, printed with 14 digits).
 MAX_ITEMS = 50
@@ -136,6 +139,8 @@ class RedisStore:
         self.cart_ttl_ms = cart_ttl_s * 1000
         self.window_ms = payment_window_s * 1000
         self._closed = False
+        # (call, seconds) of every call on the request path; gateway.metrics wires it up
+        self.observe: Callable[[str, float], None] = lambda call, seconds: None
 
     @classmethod
     async def connect(
@@ -194,6 +199,18 @@ class RedisStore:
         except RedisError:
             return False
 
+    async def ready(self) -> tuple[bool, bool]:
+        """(Redis answers, every script is loaded), in one round trip."""
+        shas = [getattr(self.scripts, name).sha for name in SCRIPT_NAMES]
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.ping()
+                pipe.script_exists(*shas)
+                pong, exists = await pipe.execute()
+        except RedisError:
+            return False, False
+        return bool(pong), all(exists)
+
     async def durability(self) -> str:
         """How the server persists: 'aof-always' is what the gateway wants (decision 10)."""
         try:
@@ -213,9 +230,12 @@ class RedisStore:
     async def create_cart(self, partitions: int, user_id: str, currency: str) -> dict[str, Any]:
         for _ in range(5):
             cart_id = ids.new_cart_id(partitions)
-            res = await self.scripts.cart_create(
-                keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
-                args=[cart_id, user_id, currency, now_ms(), self.cart_ttl_ms, EXPIRED_KEEP_MS],
+            res = await self._timed(
+                "cart_create",
+                self.scripts.cart_create(
+                    keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
+                    args=[cart_id, user_id, currency, now_ms(), self.cart_ttl_ms, EXPIRED_KEEP_MS],
+                ),
             )
             if res[0] == "ok":
                 return cart_view(_pairs(res[1]))
@@ -240,21 +260,24 @@ class RedisStore:
         quantity: int = 0,
     ) -> dict[str, Any]:
         now = now_ms()
-        res = await self.scripts.cart_items(
-            keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
-            args=[
-                op,
-                now,
-                self.cart_ttl_ms,
-                EXPIRED_KEEP_MS,
-                service_id,
-                name,
-                unit_amount,
-                quantity,
-                MAX_ITEMS,
-                MAX_QUANTITY,
-                MAX_TOTAL,
-            ],
+        res = await self._timed(
+            "cart_items",
+            self.scripts.cart_items(
+                keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
+                args=[
+                    op,
+                    now,
+                    self.cart_ttl_ms,
+                    EXPIRED_KEEP_MS,
+                    service_id,
+                    name,
+                    unit_amount,
+                    quantity,
+                    MAX_ITEMS,
+                    MAX_QUANTITY,
+                    MAX_TOTAL,
+                ],
+            ),
         )
         match res[0]:
             case "ok":
@@ -280,18 +303,25 @@ class RedisStore:
         amount: int,
         provider_ref: str,
     ) -> dict[str, str]:
-        res = await self.scripts.payment_start(
-            keys=[self.keys.cart(cart_id), self.keys.payment(txnid), self.keys.stream_of(cart_id)],
-            args=[
-                txnid,
-                provider,
-                version,
-                amount,
-                now_ms(),
-                self.window_ms,
-                EXPIRED_KEEP_MS,
-                provider_ref,
-            ],
+        res = await self._timed(
+            "payment_start",
+            self.scripts.payment_start(
+                keys=[
+                    self.keys.cart(cart_id),
+                    self.keys.payment(txnid),
+                    self.keys.stream_of(cart_id),
+                ],
+                args=[
+                    txnid,
+                    provider,
+                    version,
+                    amount,
+                    now_ms(),
+                    self.window_ms,
+                    EXPIRED_KEEP_MS,
+                    provider_ref,
+                ],
+            ),
         )
         match res[0]:
             case "ok":
@@ -314,7 +344,7 @@ class RedisStore:
         return h or None
 
     async def payment_exists(self, txnid: str) -> bool:
-        return bool(await self.client.exists(self.keys.payment(txnid)))
+        return bool(await self._timed("exists", self.client.exists(self.keys.payment(txnid))))
 
     async def get_booking(self, booking_id: str) -> dict[str, str] | None:
         h = await self._hgetall(self.keys.booking(booking_id))
@@ -335,24 +365,27 @@ class RedisStore:
         """Apply a verified notice: ``Settled``, or ``"notfound"`` or ``"mismatch:<field>"``."""
         cart_id = ids.cart_id_of_txn(txnid)
         booking_id = ids.booking_id_for(cart_id)
-        res = await self.scripts.payment_settle(
-            keys=[
-                self.keys.cart(cart_id),
-                self.keys.payment(txnid),
-                self.keys.booking(booking_id),
-                self.keys.stream_of(txnid),
-            ],
-            args=[
-                outcome,
-                provider,
-                "" if amount is None else amount,
-                currency or "",
-                order_ref,
-                provider_payment_id,
-                reason,
-                now_ms(),
-                booking_id,
-            ],
+        res = await self._timed(
+            "payment_settle",
+            self.scripts.payment_settle(
+                keys=[
+                    self.keys.cart(cart_id),
+                    self.keys.payment(txnid),
+                    self.keys.booking(booking_id),
+                    self.keys.stream_of(txnid),
+                ],
+                args=[
+                    outcome,
+                    provider,
+                    "" if amount is None else amount,
+                    currency or "",
+                    order_ref,
+                    provider_payment_id,
+                    reason,
+                    now_ms(),
+                    booking_id,
+                ],
+            ),
         )
         if res[0] == "done":
             return Settled(_pairs(res[1]), res[2] == "1")
@@ -368,4 +401,11 @@ class RedisStore:
         return cast(str | None, value)
 
     async def _hgetall(self, key: str) -> dict[str, str]:
-        return cast(dict[str, str], await self.client.hgetall(key))
+        return cast(dict[str, str], await self._timed("hgetall", self.client.hgetall(key)))
+
+    async def _timed(self, call: str, pending: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await pending
+        finally:
+            self.observe(call, time.perf_counter() - started)

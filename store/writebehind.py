@@ -192,9 +192,11 @@ class WriteBehind:
             try:
                 if isolate:
                     return await self._write_isolated(entries)
+                started = time.perf_counter()
                 async with self.pg.pool.acquire() as conn, conn.transaction():
                     await write_rows(conn, rows)
                     await write_rows(conn, forced, force=True)
+                self.pg.observe("write_batch", time.perf_counter() - started)
                 return entries, []
             except Exception as exc:
                 if is_poison(exc) and not isolate:
