@@ -121,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             args.processes, lambda slot: work(settings, slot, args.name, args.metrics_port)
         )
     if args.command == "serve":
-        from gateway.server import run
-
         if args.workers < 1 or args.workers > 64:
             print("gateway: --workers must be between 1 and 64", file=sys.stderr)
             return 2
@@ -131,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             # before anything imports prometheus-client: it picks its mode at import
             metrics_dir = multiprocess_dir(settings.data_dir, port)
             log.info("metrics: multiprocess mode", extra={"dir": str(metrics_dir)})
+        from gateway.server import run
+
         try:
             return run(settings, args.host or settings.host, port, args.workers)
         except Unavailable as exc:
