@@ -89,6 +89,24 @@ async def make_payments(store: RedisStore, n: int, partitions: int) -> list[str]
     return bodies
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                pids += [int(c) for c in fh.read().split()]
+        except FileNotFoundError:
+            continue
+    return total
+
+
 def wait_up(port: int, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(400):
         if proc.poll() is not None:
@@ -171,6 +189,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
 
         sampler = asyncio.create_task(sample_lag())
+        cpu_before = tree_cpu_s(proc.pid)
+        spy = None
+        if os.environ.get("GATEWAY_BENCH_PYSPY"):  # profile the gateway while wrk runs
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(proc.pid),
+                    "-d",
+                    str(args.seconds),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    os.environ["GATEWAY_BENCH_PYSPY"],
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         out = (
             await asyncio.to_thread(
                 subprocess.run,
@@ -193,6 +232,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 text=True,
             )
         ).stdout
+        cpu_used = tree_cpu_s(proc.pid) - cpu_before
+        if spy is not None:
+            spy.wait(60)
         done.set()
         await sampler
         lags.sort()
@@ -220,8 +262,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers,
             "connections": args.connections,
             "seconds": args.seconds,
+            "metrics": args.metrics,
+            "log_level": args.log_level,
             "returns_per_s": rate,
             "requests": sent,
+            "cpu_us_per_return": round(cpu_used / sent * 1e6, 1),
             "non_303": int(bad.group(1)) if bad else 0,
             "p99": f"{p99.group(1)}{p99.group(2)}" if p99 else None,
             "writebehind_events_per_s": rate,  # one payment.succeeded event per return
@@ -259,4 +304,16 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off"],
+        default="on",
+        help="per-request metrics (GATEWAY_REQUEST_METRICS)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["INFO", "WARNING"],
+        help="INFO writes the JSON access log line per request",
+    )
     print(orjson.dumps(asyncio.run(run(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())

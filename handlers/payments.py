@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from gateway.errors import BadRequest, BadSignature, Mismatch, UnsupportedMediaType
-from gateway.providers.base import form_fields
 from handlers import validate
 from handlers.base import BaseHandler
 
@@ -51,22 +50,27 @@ class ReturnHandler(BaseHandler):
         self.redirect(target, status=303)
 
     def _fields(self) -> dict[str, str]:
+        """The query's fields, then the form's (Tornado has parsed both; a form field wins over
+        a query field of the same name); one value each."""
         fields: dict[str, str] = {}
-        for name, values in self.request.query_arguments.items():
-            if len(values) != 1:
-                raise BadRequest(f"query field {name[:40]!r} given twice", reason="bad_form")
-            try:
-                fields[name] = values[0].decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest("the query is not UTF-8", reason="bad_form") from None
-        if self.request.method == "POST" and self.request.body:
-            ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        request = self.request
+        sources = [request.query_arguments]
+        if request.method == "POST" and request.body:
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 raise UnsupportedMediaType(
                     "the return must be a form (application/x-www-form-urlencoded)",
                     reason="content_type",
                 )
-            fields.update(form_fields(self.request.body))
+            sources.append(request.body_arguments)
+        for arguments in sources:
+            for name, values in arguments.items():
+                if len(values) != 1:
+                    raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
+                try:
+                    fields[name] = values[0].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
         return fields
 
 
