@@ -80,6 +80,7 @@ def make_app(
     checkout = Checkout(settings, store, providers, metrics, pg)
     ctx = Context(settings, store, checkout, metrics, orjson.dumps(openapi.document()), pg)
     histogram = metrics.request_duration
+    children: dict[tuple[str, str, int], Any] = {}
     errors = metrics.errors
     access_log = log.isEnabledFor(logging.INFO)  # one JSON line per request at info
 
@@ -88,7 +89,11 @@ def make_app(
         status = handler.get_status()
         elapsed = handler.request.request_time()
         if timed:
-            histogram.labels(name, handler.request.method, str(status)).observe(elapsed)
+            key = (name, handler.request.method, status)
+            child = children.get(key)
+            if child is None:  # labels() costs more than the observation: look it up once
+                child = children[key] = histogram.labels(name, key[1], str(status))
+            child.observe(elapsed)
         if status >= 400:
             errors.labels(name, str(status)).inc()
         if access_log:

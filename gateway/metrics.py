@@ -9,6 +9,7 @@ supervisor marks dead workers, and any process's ``/metrics`` adds them all up.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,6 +77,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._redis_children: dict[str, Any] = {}
         r = self.registry
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
@@ -201,7 +203,10 @@ class Metrics:
         )
 
     def redis_call(self, call: str, seconds: float) -> None:
-        self.redis_calls.labels(call).observe(seconds)
+        child = self._redis_children.get(call)
+        if child is None:  # labels() costs more than the observation: look it up once
+            child = self._redis_children[call] = self.redis_calls.labels(call)
+        child.observe(seconds)
 
     def postgres_call(self, call: str, seconds: float) -> None:
         self.postgres_calls.labels(call).observe(seconds)
