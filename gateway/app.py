@@ -26,6 +26,7 @@ from handlers.carts import (
 )
 from handlers.ops import HealthHandler, MetricsHandler, OpenAPIHandler, ReadyHandler
 from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, WebhookHandler
+from handlers.sandbox import DemoResultHandler, SandboxPayHandler
 from store.pg_store import PgStore
 from store.redis_store import RedisStore
 
@@ -46,6 +47,8 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"/healthz", HealthHandler),
     (r"/readyz", ReadyHandler),
     (r"/openapi.json", OpenAPIHandler),
+    (r"/sandbox/pay", SandboxPayHandler),
+    (rf"/demo/{SEG}", DemoResultHandler),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ import asyncpg
 
 from gateway import __version__, logs
 from gateway.config import Settings
+from gateway.embedded import EmbeddedError, resolve
 from gateway.errors import ConfigError, Unavailable
 
 log = logging.getLogger("gateway")
@@ -91,6 +93,37 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "serve":
+        if not 1 <= args.workers <= 64:
+            print("gateway: --workers must be between 1 and 64", file=sys.stderr)
+            return 2
+        settings = settings.at(args.host or settings.host, args.port or settings.port)
+    if args.command == "worker" and not 1 <= args.processes <= 64:
+        print("gateway: --processes must be between 1 and 64", file=sys.stderr)
+        return 2
+    if args.command == "demo":
+        from gateway.demo import demo
+
+        return demo(settings, sys.stdout, auto=args.auto, base_url=args.url)
+    try:
+        services = resolve(settings.redis_url, settings.database_url, settings.data_dir)
+    except EmbeddedError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    log.info(
+        "services chosen",
+        extra={"redis": services.redis_source, "postgresql": services.postgres_source},
+    )
+    settings = dataclasses.replace(
+        settings, redis_url=services.redis_url, database_url=services.database_url
+    )
+    try:
+        return _run(args, settings)
+    finally:
+        services.stop()
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         import asyncio
 
@@ -114,29 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from gateway.server import run_processes, work
 
-        if not 1 <= args.processes <= 64:
-            print("gateway: --processes must be between 1 and 64", file=sys.stderr)
-            return 2
         return run_processes(
             args.processes, lambda slot: work(settings, slot, args.name, args.metrics_port)
         )
-    if args.command == "serve":
-        if args.workers < 1 or args.workers > 64:
-            print("gateway: --workers must be between 1 and 64", file=sys.stderr)
-            return 2
-        port = args.port or settings.port
-        if args.workers > 1:
-            # before anything imports prometheus-client: it picks its mode at import
-            metrics_dir = multiprocess_dir(settings.data_dir, port)
-            log.info("metrics: multiprocess mode", extra={"dir": str(metrics_dir)})
-        from gateway.server import run
+    if args.workers > 1:
+        # before anything imports prometheus-client: it picks its mode at import
+        metrics_dir = multiprocess_dir(settings.data_dir, settings.port)
+        log.info("metrics: multiprocess mode", extra={"dir": str(metrics_dir)})
+    from gateway.server import run
 
-        try:
-            return run(settings, args.host or settings.host, port, args.workers)
-        except Unavailable as exc:
-            log.error("cannot start", extra={"error": exc.detail})
-            return 1
-    return 2
+    try:
+        return run(settings, settings.host, settings.port, args.workers)
+    except Unavailable as exc:
+        log.error("cannot start", extra={"error": exc.detail})
+        return 1
 
 
 if __name__ == "__main__":

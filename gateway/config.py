@@ -7,6 +7,9 @@ lacks (the environment wins).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -38,13 +41,13 @@ class RazorpayCredentials:
 class Settings:
     """Everything the gateway reads from its environment."""
 
-    redis_url: str
-    database_url: str
+    redis_url: str  # "" until gateway.embedded.resolve() has chosen (unset in the environment)
+    database_url: str  # likewise
     host: str
     port: int
     public_url: str
     api_keys: tuple[str, ...] = field(repr=False)
-    success_url: str
+    success_url: str  # the built-in demo page when GATEWAY_SUCCESS_URL is unset
     failure_url: str
     return_secret: bytes = field(repr=False)
     payu: PayUCredentials | None
@@ -62,6 +65,37 @@ class Settings:
     ready_fail_on_lag: bool = False
     request_metrics: bool = True
     max_body_bytes: int = 16 * 1024
+
+    def at(self, host: str, port: int) -> Settings:
+        """These settings for a server on ``host:port`` (``serve --host/--port``): the public URL
+        and the demo pages follow unless they were configured."""
+        if (host, port) == (self.host, self.port):
+            return self
+        old, new = f"http://{self.host}:{self.port}", f"http://{host}:{port}"
+        public = new if self.public_url == old else self.public_url
+
+        def moved(url: str) -> str:
+            return public + url[len(old) :] if url.startswith(old + "/demo/") else url
+
+        return dataclasses.replace(
+            self,
+            host=host,
+            port=port,
+            public_url=public,
+            success_url=moved(self.success_url),
+            failure_url=moved(self.failure_url),
+        )
+
+    @property
+    def demo_pages(self) -> bool:
+        """The built-in success/failure pages are in use (a URL was not configured)."""
+        own = f"{self.public_url}/demo/"
+        return self.success_url.startswith(own) or self.failure_url.startswith(own)
+
+    @property
+    def sandbox_salt(self) -> str:
+        """The sandbox's PayU-style salt: derived, so every process agrees without a setting."""
+        return hmac.new(self.return_secret, b"gateway sandbox salt", hashlib.sha256).hexdigest()
 
     @classmethod
     def from_env(
@@ -107,30 +141,22 @@ class Settings:
             api_url = env.url("GATEWAY_RAZORPAY_API_URL", "https://api.razorpay.com")
             razorpay = RazorpayCredentials(rzp[0], rzp[1], rzp[2], api_url.rstrip("/"))
 
-        sandbox = env.boolean("GATEWAY_SANDBOX", False)
-        if payu is None and razorpay is None and not sandbox:
-            raise ConfigError(
-                "no payment provider configured: set GATEWAY_PAYU_KEY/GATEWAY_PAYU_SALT "
-                "or the GATEWAY_RAZORPAY_* credentials"
-            )
+        # The sandbox is for development: on when asked for, or when no provider is configured.
+        sandbox = env.boolean("GATEWAY_SANDBOX", False) or (payu is None and razorpay is None)
         window = env.integer("GATEWAY_PAYMENT_WINDOW_S", 86400, low=60, high=30 * 86400)
         retention = env.integer("GATEWAY_RETENTION_S", 7 * 86400, low=60, high=365 * 86400)
         prefix = env.text("GATEWAY_REDIS_PREFIX", "gw")
         if not PREFIX_RE.match(prefix):
             raise ConfigError("GATEWAY_REDIS_PREFIX: 1-32 characters of A-Z a-z 0-9 _ . -")
         return cls(
-            redis_url=env.url("GATEWAY_REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss")),
-            database_url=env.url(
-                "GATEWAY_DATABASE_URL",
-                "postgresql://127.0.0.1:5432/gateway",
-                ("postgres", "postgresql"),
-            ),
+            redis_url=env.url("GATEWAY_REDIS_URL", "", ("redis", "rediss")),
+            database_url=env.url("GATEWAY_DATABASE_URL", "", ("postgres", "postgresql")),
             host=host,
             port=port,
             public_url=public_url,
             api_keys=keys,
-            success_url=env.url("GATEWAY_SUCCESS_URL", None),
-            failure_url=env.url("GATEWAY_FAILURE_URL", None),
+            success_url=env.url("GATEWAY_SUCCESS_URL", f"{public_url}/demo/success"),
+            failure_url=env.url("GATEWAY_FAILURE_URL", f"{public_url}/demo/failure"),
             return_secret=secret.encode(),
             payu=payu,
             razorpay=razorpay,
@@ -223,7 +249,7 @@ class _Env:
         if value is None:
             if default is None:
                 raise ConfigError(f"{name}: required")
-            return default
+            return default  # "" for "choose at start"
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.netloc:
             raise ConfigError(f"{name}: expected a {'/'.join(schemes)} URL")

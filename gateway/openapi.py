@@ -15,6 +15,7 @@ from gateway import __version__
 from gateway.money import DECIMAL_RE, EXPONENTS
 from gateway.providers.payu import PayU
 from gateway.providers.razorpay import ORDER_RE, PAYMENT_RE, Razorpay
+from gateway.providers.sandbox import Sandbox
 from handlers import validate
 from handlers.base import PROBLEM_BASE, REQUEST_ID_RE
 from store import redis_store
@@ -26,7 +27,7 @@ JSON = "application/json"
 PROBLEM = "application/problem+json"
 FORM = "application/x-www-form-urlencoded"
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-PROVIDERS = sorted([PayU.name, Razorpay.name])
+PROVIDERS = sorted([PayU.name, Razorpay.name, Sandbox.name])
 HEX_SHA256 = r"^[0-9a-f]{64}$"
 
 DESCRIPTION = """\
@@ -679,7 +680,7 @@ def _path_param(name: str, schema: Json, description: str) -> Json:
 CART_ID = _path_param("cart_id", _ref("CartId"), "the cart; a malformed id is 400")
 TXNID = _path_param("txnid", _ref("TxnId"), "the payment; a malformed id is 400")
 BOOKING_ID = _path_param("booking_id", _ref("BookingId"), "the booking; a malformed id is 400")
-SERVICE_ID = _path_param("service_id", _ref("ServiceId"), "the service; a malformed id is 422")
+SERVICE_ID = _path_param("service_id", _ref("ServiceId"), "the service; a malformed id is 400")
 PROVIDER = _path_param("provider", _ref("Provider"), "the provider; one without credentials is 404")
 
 
@@ -716,6 +717,86 @@ def _op(
     op["responses"] = dict(sorted(answers.items()))
     op["security"] = BEARER if auth else []
     return op
+
+
+def _html(description: str) -> Json:
+    return _response(description, {"text/html": {"schema": {"type": "string"}}})
+
+
+def _dev_paths() -> Json:
+    sandbox_problems = {
+        400: "a field is missing or malformed, surl/furl are not this gateway's sandbox return "
+        "URL, or the request hash does not verify",
+        404: "the sandbox is off",
+    }
+    sandbox_op: Json = {
+        "auth": False,
+        "responses": {
+            "200": _html(
+                "the payment page: amount, items, a Pay and a Fail button "
+                "(forms that post PayU's reverse-hashed return)"
+            )
+        },
+        "problems": sandbox_problems,
+        "description": "The sandbox provider's payment page (development only: on when "
+        "GATEWAY_SANDBOX=true or no provider has credentials). It takes the PayU-style fields "
+        "of a sandbox payment's redirect, in the query (GET) or as a form (POST), checks their "
+        "hash as PayU would, and posts back to /v1/payments/sandbox/return signed as PayU signs.",
+    }
+    return {
+        "/sandbox/pay": {
+            "get": _op(
+                "sandbox_page",
+                "The sandbox payment page",
+                "development",
+                parameters=[
+                    {
+                        "name": "fields",
+                        "in": "query",
+                        "required": True,
+                        "style": "form",
+                        "explode": True,
+                        "schema": _ref("PayUForm"),
+                        "description": "the redirect's fields",
+                    }
+                ],
+                **sandbox_op,
+            ),
+            "post": _op(
+                "sandbox_page_post",
+                "The sandbox payment page (form post)",
+                "development",
+                body={"required": True, "content": {FORM: {"schema": _ref("PayUForm")}}},
+                **sandbox_op,
+            ),
+        },
+        "/demo/{outcome}": {
+            "get": _op(
+                "demo_result",
+                "The built-in success or failure page",
+                "development",
+                auth=False,
+                parameters=[
+                    _path_param(
+                        "outcome", {"type": "string", "enum": ["success", "failure"]}, "which page"
+                    )
+                ],
+                responses={
+                    "200": _html(
+                        "the booking (success) or the reason (failure); the query's sig verified"
+                    ),
+                },
+                problems={
+                    400: "the query's sig does not verify",
+                    404: "the demo pages are off (GATEWAY_SUCCESS_URL and "
+                    "GATEWAY_FAILURE_URL are configured), or no such booking",
+                },
+                description="What GATEWAY_SUCCESS_URL and GATEWAY_FAILURE_URL default to: "
+                "pages that verify the redirect's sig, as a merchant's page must, and show "
+                "the booking or the failure reason.",
+            )
+        },
+    }
 
 
 def _json_body(schema: str) -> Json:
@@ -1060,7 +1141,7 @@ def document() -> dict[str, Any]:
             {"name": "providers", "description": "what the providers send back"},
             {"name": "operations", "description": "health, readiness, metrics, this document"},
         ],
-        "paths": {**_cart_paths(), **_payment_paths(), **_ops_paths()},
+        "paths": {**_cart_paths(), **_payment_paths(), **_ops_paths(), **_dev_paths()},
         "components": {
             "schemas": {
                 **_id_schemas(),

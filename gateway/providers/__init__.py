@@ -8,6 +8,7 @@ from gateway.config import Settings
 from gateway.providers.base import Provider
 from gateway.providers.payu import PayU
 from gateway.providers.razorpay import Razorpay
+from gateway.providers.sandbox import Sandbox
 
 
 def build_providers(settings: Settings, http: AsyncHTTPClient | None = None) -> dict[str, Provider]:
@@ -17,4 +18,6 @@ def build_providers(settings: Settings, http: AsyncHTTPClient | None = None) -> 
         providers["payu"] = PayU(settings.payu, settings.payu_payment_url)
     if settings.razorpay is not None:
         providers["razorpay"] = Razorpay(settings.razorpay, http)
+    if settings.sandbox:
+        providers["sandbox"] = Sandbox(settings)
     return providers
