@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for the write-behind queue to drain (default 60)",
     )
+    demo = sub.add_parser(
+        "demo",
+        help="make a cart with two services and a sandbox payment on a running gateway and "
+        "print the page to open; with --auto, pay it and print the booking",
+    )
+    demo.add_argument("--auto", action="store_true", help="drive the whole flow, print the booking")
+    demo.add_argument("--url", help="the running gateway (default: $GATEWAY_PUBLIC_URL)")
     return parser
 
 

@@ -634,6 +634,7 @@ def _ops_schemas() -> Json:
                     "description": "the providers with configured credentials",
                 },
                 "sandbox": {"type": "boolean"},
+                "warning": _nullable(None, "says loudly that the sandbox is on"),
             },
             "readiness",
         ),

@@ -23,6 +23,7 @@ from gateway.app import make_app, open_stores
 from gateway.background import consumer_name, monitor, writebehind
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from handlers.ops import SANDBOX_WARNING
 from store.writebehind import QueueStats
 
 log = logging.getLogger("gateway.server")
@@ -60,6 +61,8 @@ async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None
         if settings.writebehind_in_process:
             worker = writebehind(settings, store, pg, metrics, consumer_name("serve", slot))
             tasks.append(asyncio.create_task(worker.run(background)))
+        if settings.sandbox:
+            log.warning(SANDBOX_WARNING)
         log.info(
             "gateway listening",
             extra={

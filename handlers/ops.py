@@ -6,6 +6,11 @@ import os
 
 from handlers.base import BaseHandler
 
+SANDBOX_WARNING = (
+    "SANDBOX MODE: the sandbox provider is on; its payments are simulated and move no "
+    "money. Never run it in production."
+)
+
 
 class HealthHandler(BaseHandler):
     name = "healthz"
@@ -55,6 +60,7 @@ class ReadyHandler(BaseHandler):
             "redis_durability": ctx.redis_durability,
             "providers": sorted(ctx.checkout.providers),
             "sandbox": settings.sandbox,
+            "warning": SANDBOX_WARNING if settings.sandbox else None,
         }
         self.write_json(body, 200 if ready else 503)
 
