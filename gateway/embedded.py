@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,11 +213,29 @@ class EmbeddedPostgres:
             argv = ["runuser", "-u", self.user, "--", *argv]
         return subprocess.run(argv, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def start(self) -> None:
+    def _own(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
             shutil.chown(self.folder, self.user, self.user if self.user != "nobody" else None)
             self.folder.chmod(0o700)
+
+    def start(self) -> None:
+        self._own()
+        if (
+            self.user is not None
+            and self._run("test", "-w", str(self.folder), check=False).returncode != 0
+        ):
+            # A parent folder (say /root) is closed to the unprivileged user: keep the
+            # cluster where that user can reach it, under a name tied to the data folder.
+            digest = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:12]  # noqa: S324
+            moved = Path(tempfile.gettempdir()) / f"gateway-postgres-{digest}"
+            log.warning(
+                "the data folder is closed to the postgres user; the embedded "
+                "cluster lives elsewhere",
+                extra={"folder": str(moved)},
+            )
+            self.folder = moved
+            self._own()
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 find_pg_bin("initdb"),

@@ -1,19 +1,20 @@
-"""The Redis the tests use: TEST_REDIS_URL, else the local one on 6379, else one started here.
-
-A server started here lives in a temporary folder, keeps nothing on disk, and is stopped when
-the test process exits.
+"""The servers the tests use, resolved as the gateway resolves its own: TEST_REDIS_URL /
+TEST_DATABASE_URL, else the local ones on their default ports, else the gateway's embedded
+servers (``gateway/embedded.py``), here in temporary folders, stopped when the tests exit.
 """
 
 from __future__ import annotations
 
 import atexit
-import glob
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
+
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
 def _answers(host: str, port: int) -> bool:
@@ -68,96 +69,36 @@ def redis_url() -> str:
         return url
     if _answers("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379/0"
-    proc, port, folder = start_redis()
+    folder = tempfile.mkdtemp(prefix="gw-redis-")
+    server = EmbeddedRedis(Path(folder), ephemeral=True)
+    server.start()
 
     def stop() -> None:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
     atexit.register(stop)
-    return f"redis://127.0.0.1:{port}/0"
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if os.path.exists(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    raise RuntimeError(f"PostgreSQL's {name} is not installed")
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    return server.url
 
 
 class OwnPostgres:
-    """A PostgreSQL cluster of the test's own, in a temporary folder; it can be stopped."""
+    """A PostgreSQL cluster of the test's own (the gateway's embedded one, in a temporary
+    folder, fsync off); it can be stopped and started again."""
 
     def __init__(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="gw-pg-")
-        self.data = os.path.join(self.folder, "data")
-        self.port = free_port()
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres", "postgres")
-        subprocess.run(
-            _as_postgres(
-                [
-                    _pg_bin("initdb"),
-                    "-D",
-                    self.data,
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--no-sync",
-                    "-E",
-                    "UTF8",
-                ]
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        os.chmod(self.folder, 0o755)  # the unprivileged user PostgreSQL runs as must reach it
+        self.server = EmbeddedPostgres(Path(self.folder) / "pg", port=free_port(), ephemeral=True)
+        self.url = self.server.url("postgres")
 
     def start(self) -> None:
-        opts = (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        subprocess.run(
-            _as_postgres(
-                [
-                    _pg_bin("pg_ctl"),
-                    "-D",
-                    self.data,
-                    "-o",
-                    opts,
-                    "-w",
-                    "-t",
-                    "30",
-                    "-l",
-                    os.path.join(self.folder, "log"),
-                    "start",
-                ]
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        self.server.start()
 
     def stop(self, mode: str = "fast") -> None:
-        subprocess.run(
-            _as_postgres([_pg_bin("pg_ctl"), "-D", self.data, "-m", mode, "-w", "stop"]),
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.server.stop(mode)
 
     def remove(self) -> None:
-        self.stop("immediate")
+        self.server.stop("immediate")
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
