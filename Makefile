@@ -4,14 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clean system-tools
+.PHONY: run demo test lint clean system-tools
 
-# Debian packages some tests and benchmarks use (promtool and prometheus, wrk). Installed
-# when missing and this runs as root with apt-get; otherwise those tests skip and say why.
-DEBIAN_TOOLS := prometheus wrk
+# Debian packages some tests and benchmarks use (promtool and prometheus, wrk, Chromium and
+# its driver). Installed when missing and this runs as root with apt-get; otherwise the tests
+# that need them skip and say why.
 
 run: $(STAMP)
 	$(BIN)/gateway --env-file $${GATEWAY_ENV_FILE:-dev.env} serve
+
+demo: $(STAMP)
+	$(BIN)/gateway --env-file $${GATEWAY_ENV_FILE:-dev.env} demo --auto
 
 test: $(STAMP) system-tools
 	$(BIN)/ruff check .
@@ -35,6 +38,8 @@ system-tools:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages:$$missing"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
