@@ -1,0 +1,579 @@
+"""``python -m benchmarks``: the open-loop rate sweep of the return endpoint, the gateway
+against its two baselines, with a report.
+
+    PYTHONPATH=. .venv/bin/python -m benchmarks [--seconds 5] [--processes 2] [--quick]
+
+For each system (the gateway, bare Tornado, the synchronous PostgreSQL design; the same
+process count for all three) it offers fixed arrival rates to the return endpoint with
+``benchmarks.openloop`` (latency from each request's intended send time), every request a
+correctly signed PayU success for a distinct, pre-created payment. It stops a system's sweep
+once it is saturated. Then it checks that PostgreSQL holds exactly the bookings each run
+made, measures the extra figures (CPU per return, memory), and writes
+``benchmarks/results/<date>/`` (sweep.json, sweep.csv, latency.png, summary.md) and the
+sweep section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from benchmarks import openloop
+from benchmarks.baselines import SCHEMA, reverse_hash
+from benchmarks.return_rate import tree_cpu_s, wait_up
+from store import keys as ids
+from store.pg_store import migrate
+from store.redis_store import RedisStore
+from store.writebehind import queue_stats
+from tests.conftest import db_url
+from tests.services import free_port, postgres_admin_url, redis_url
+
+ROOT = Path(__file__).resolve().parent.parent
+SALT, KEY = "bench-salt-0123456789", "benchkey"
+TARGET_MS = 18.0
+RATES = [
+    100,
+    200,
+    400,
+    600,
+    800,
+    1000,
+    1200,
+    1400,
+    1600,
+    1800,
+    2000,
+    2400,
+    2800,
+    3200,
+    3800,
+    4500,
+    5500,
+]
+QUICK_RATES = [20, 40]
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def payu_form(txnid: str, cart_id: str, amount: str) -> bytes:
+    f = {
+        "key": KEY,
+        "txnid": txnid,
+        "amount": amount,
+        "productinfo": f"Booking for cart {cart_id}",
+        "firstname": "Asha",
+        "email": "asha@example.com",
+        "udf1": cart_id,
+        "udf2": "",
+        "udf3": "",
+        "udf4": "",
+        "udf5": "",
+        "status": "success",
+        "mihpayid": "m" + txnid[-8:],
+    }
+    f["hash"] = reverse_hash(f, SALT)
+    return urllib.parse.urlencode(f).encode()
+
+
+class System:
+    name = ""
+
+    async def start(self) -> None: ...
+    async def prepare(self, n: int) -> list[bytes]: ...
+    async def bookings(self) -> int: ...
+    async def stop(self) -> None: ...
+
+    def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv, *(["--port", str(self.port)] if "--port" not in argv else [])],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Gateway(System):
+    name = "gateway"
+
+    def __init__(self, processes: int, admin: str) -> None:
+        self.processes, self.admin = processes, admin
+        self.prefix = f"gwbench-{secrets.token_hex(4)}"
+        self.db = f"gwbench_{secrets.token_hex(4)}"
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'CREATE DATABASE "{self.db}"')
+        await conn.close()
+        self.dsn = db_url(self.admin, self.db)
+        await migrate(self.dsn)
+        self.store = await RedisStore.connect(
+            redis_url(), self.prefix, cart_ttl_s=3600, payment_window_s=86400
+        )
+        port = free_port()
+        self.launch(
+            [
+                "-m",
+                "gateway.cli",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--workers",
+                str(self.processes),
+                "--port",
+                str(port),
+            ],
+            {
+                "GATEWAY_REDIS_URL": redis_url(),
+                "GATEWAY_DATABASE_URL": self.dsn,
+                "GATEWAY_REDIS_PREFIX": self.prefix,
+                "GATEWAY_API_KEYS": "bench-key-0123456789",
+                "GATEWAY_RETURN_SECRET": "bench-return-secret-0123",
+                "GATEWAY_SUCCESS_URL": "https://merchant.example/ok",
+                "GATEWAY_FAILURE_URL": "https://merchant.example/failed",
+                "GATEWAY_PAYU_KEY": KEY,
+                "GATEWAY_PAYU_SALT": SALT,
+                "GATEWAY_DATA_DIR": tempfile.mkdtemp(prefix="gwbench-"),
+            },
+        )
+        self.port = port
+        await asyncio.to_thread(wait_up, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        sem = asyncio.Semaphore(64)
+        bodies: list[bytes] = []
+
+        async def one(i: int) -> None:
+            async with sem:
+                cart = await self.store.create_cart(16, f"user-{i}", "INR")
+                cid = cart["cart_id"]
+                await self.store.change_items(cid, "add", "svc-1", "Deep cleaning", 129900, 1)
+                txnid = ids.new_txnid(cid)
+                await self.store.start_payment(cid, txnid, "payu", 2, 129900, "")
+                bodies.append(payu_form(txnid, cid, "1299.00"))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        await self.drained()
+        return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
+
+    async def drained(self) -> None:
+        while (await queue_stats(self.store.client, self.store.keys, 16)).backlog:
+            await asyncio.sleep(0.1)
+
+    async def bookings(self) -> int:
+        await self.drained()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        self.terminate()
+        async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            await self.store.client.delete(key)
+        await self.store.close()
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        await conn.close()
+
+
+class Bare(System):
+    name = "bare Tornado"
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+
+    async def start(self) -> None:
+        self.launch(["-m", "benchmarks.baselines", "bare", "--processes", str(self.processes)])
+        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        return [
+            openloop.form_request(
+                "127.0.0.1",
+                "/v1/payments/payu/return",
+                payu_form(f"t{i:022d}", f"c{i:016d}", "1299.00"),
+            )
+            for i in range(n)
+        ]
+
+    async def bookings(self) -> int:
+        return -1  # makes none
+
+    async def stop(self) -> None:
+        self.terminate()
+
+
+class Sync(System):
+    name = "synchronous PostgreSQL"
+
+    def __init__(self, processes: int, admin: str) -> None:
+        self.processes, self.admin = processes, admin
+        self.db = f"gwbench_{secrets.token_hex(4)}"
+        self.made = 0
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'CREATE DATABASE "{self.db}"')
+        await conn.close()
+        self.dsn = db_url(self.admin, self.db)
+        conn = await asyncpg.connect(self.dsn)
+        await conn.execute(SCHEMA)
+        await conn.close()
+        self.launch(
+            [
+                "-m",
+                "benchmarks.baselines",
+                "sync",
+                "--processes",
+                str(self.processes),
+                "--dsn",
+                self.dsn,
+                "--salt",
+                SALT,
+            ]
+        )
+        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        rows = [(f"c{self.made + i:016d}", f"t{self.made + i:022d}") for i in range(n)]
+        self.made += n
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.executemany(
+                "INSERT INTO bl_carts (cart_id, status) VALUES ($1, 'CHECKOUT')",
+                [(c,) for c, _ in rows],
+            )
+            await conn.executemany(
+                "INSERT INTO bl_payments (txnid, cart_id, amount, status) "
+                "VALUES ($1, $2, '1299.00', 'INITIATED')",
+                [(t, c) for c, t in rows],
+            )
+        finally:
+            await conn.close()
+        return [
+            openloop.form_request(
+                "127.0.0.1", "/v1/payments/payu/return", payu_form(t, c, "1299.00")
+            )
+            for c, t in rows
+        ]
+
+    async def bookings(self) -> int:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM bl_bookings"))
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        self.terminate()
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        await conn.close()
+
+
+def wait_up_any(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the port accepts connections (the baselines have no /healthz)."""
+    import socket
+
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the server did not come up")
+
+
+async def sweep(system: System, rates: list[int], seconds: float) -> dict[str, Any]:
+    say(f"{system.name}: starting")
+    await system.start()
+    points: list[dict[str, Any]] = []
+    successes = 0
+    cpu: dict[str, float] = {}
+    try:
+        for rate in rates:
+            n = int(rate * seconds)
+            say(f"{system.name}: preparing {n} payments for {rate}/s")
+            requests = await system.prepare(n)
+            await asyncio.sleep(0.5)
+            before = tree_cpu_s(system.proc.pid)
+            result = await openloop.run(
+                "127.0.0.1", system.port, requests, rate, seconds, keep_locations=True
+            )
+            used = tree_cpu_s(system.proc.pid) - before
+            s = result.summary()
+            s["cpu_us_per_request"] = round(used / max(1, s["completed"]) * 1e6, 1)
+            s["status_303"] = result.statuses.get(303, 0)
+            successes += sum(1 for loc in result.locations if "status=success" in loc)
+            points.append(s)
+            say(
+                f"{system.name}: {rate}/s -> p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
+                f"achieved {s['achieved_rate']}/s, {s['errors']} errors"
+            )
+            if s["p99_ms"] > 10 * TARGET_MS and s["p99_ms"] > 200:
+                break  # saturated: its queue only grows from here
+        if isinstance(system, Gateway):
+            cpu["rss_mb_per_process"] = rss_per_process(system.proc.pid)
+        made = await system.bookings()
+    finally:
+        await system.stop()
+    within = [p["offered_rate"] for p in points if p["p99_ms"] <= TARGET_MS and not p["errors"]]
+    return {
+        "system": system.name,
+        "points": points,
+        "max_rate_within_18ms": max(within or [0]),
+        "success_redirects": successes,
+        "bookings_in_postgres": made,
+        **cpu,
+    }
+
+
+def rss_per_process(pid: int) -> list[float]:
+    out = []
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(round(int(line.split()[1]) / 1024, 1))
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+async def redis_memory(n: int) -> dict[str, float]:
+    """Redis bytes per open cart (2 services) and per completed booking (all it leaves)."""
+    prefix = f"gwbench-{secrets.token_hex(4)}"
+    store = await RedisStore.connect(redis_url(), prefix, cart_ttl_s=3600, payment_window_s=86400)
+    try:
+
+        async def used() -> int:
+            return int((await store.client.info("memory"))["used_memory"])
+
+        base = await used()
+        carts = []
+        for i in range(n):
+            cart = await store.create_cart(16, f"user-{i}", "INR")
+            await store.change_items(cart["cart_id"], "add", "svc-1", "Deep cleaning", 129900, 1)
+            await store.change_items(cart["cart_id"], "add", "svc-2", "Sofa", 39900, 2)
+            carts.append(cart["cart_id"])
+        open_carts = await used()
+        for cid in carts:
+            txnid = ids.new_txnid(cid)
+            await store.start_payment(cid, txnid, "payu", 3, 209700, "")
+            await store.settle(txnid, "success", "payu", amount=209700)
+        completed = await used()
+        return {
+            "bytes_per_open_cart": round((open_carts - base) / n),
+            "bytes_per_completed_booking_with_events": round((completed - base) / n),
+        }
+    finally:
+        async for key in store.client.scan_iter(match=f"{prefix}:*", count=1000):
+            await store.client.delete(key)
+        await store.close()
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r, color in zip(results, ("tab:blue", "tab:gray", "tab:red"), strict=False):
+        rates = [p["offered_rate"] for p in r["points"]]
+        ax.plot(
+            rates, [p["p99_ms"] for p in r["points"]], "o-", color=color, label=f"{r['system']} p99"
+        )
+        ax.plot(
+            rates,
+            [p["p50_ms"] for p in r["points"]],
+            "o--",
+            color=color,
+            alpha=0.6,
+            label=f"{r['system']} p50",
+        )
+    ax.axhline(TARGET_MS, color="black", linestyle=":", label="18 ms objective")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (returns per second, open loop)")
+    ax.set_ylabel("latency from intended send time (ms)")
+    ax.set_title("Return endpoint: latency against offered rate (2 processes each)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def summary_table(results: list[dict[str, Any]]) -> str:
+    gw, bare, sync = results
+    lines = [
+        "| system | largest rate with p99 ≤ 18 ms | p99 there | CPU µs per request there |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        at = next((p for p in r["points"] if p["offered_rate"] == r["max_rate_within_18ms"]), None)
+        lines.append(
+            f"| {r['system']} | {r['max_rate_within_18ms']}/s | "
+            f"{at['p99_ms'] if at else '-'} ms | "
+            f"{at['cpu_us_per_request'] if at else '-'} |"
+        )
+    g, b, s = (r["max_rate_within_18ms"] for r in (gw, bare, sync))
+    lines += [
+        "",
+        f"Gateway / bare Tornado: **{g / b:.2f}** (target ≥ 0.5). "
+        f"Gateway / synchronous: **{g / s if s else float('inf'):.1f} times** (target ≥ 5).",
+    ]
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> int:
+    rates = QUICK_RATES if args.quick else RATES
+    admin = postgres_admin_url()
+    systems: list[System] = [
+        Gateway(args.processes, admin),
+        Bare(args.processes),
+        Sync(args.processes, admin),
+    ]
+    results = [await sweep(s, rates, args.seconds) for s in systems]
+    ok = True
+    for r in results:
+        if r["bookings_in_postgres"] >= 0 and r["bookings_in_postgres"] != r["success_redirects"]:
+            say(
+                f"MISMATCH {r['system']}: {r['success_redirects']} success redirects, "
+                f"{r['bookings_in_postgres']} bookings in PostgreSQL"
+            )
+            ok = False
+        elif r["bookings_in_postgres"] >= 0:
+            say(
+                f"{r['system']}: PostgreSQL holds exactly the {r['bookings_in_postgres']} "
+                "bookings the run made"
+            )
+    say("measuring Redis memory per cart and per booking")
+    memory = await redis_memory(200 if args.quick else 5000)
+    out_dir = ROOT / "benchmarks" / "results" / (args.label or datetime.date.today().isoformat())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "seconds_per_point": args.seconds,
+        "processes": args.processes,
+        "machine": {"cpus": os.cpu_count()},
+        "results": results,
+        "redis_memory": memory,
+        "postgres_matches": ok,
+    }
+    (out_dir / "sweep.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    with open(out_dir / "sweep.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "system",
+                "offered_rate",
+                "achieved_rate",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "max_ms",
+                "errors",
+                "cpu_us_per_request",
+            ]
+        )
+        for r in results:
+            for p in r["points"]:
+                w.writerow(
+                    [
+                        r["system"],
+                        p["offered_rate"],
+                        p["achieved_rate"],
+                        p["p50_ms"],
+                        p["p90_ms"],
+                        p["p99_ms"],
+                        p["max_ms"],
+                        p["errors"],
+                        p["cpu_us_per_request"],
+                    ]
+                )
+    plot(results, out_dir / "latency.png")
+    table = summary_table(results)
+    (out_dir / "summary.md").write_text(
+        table + "\n\nRedis memory: " + orjson.dumps(memory).decode() + "\n"
+    )
+    say(f"wrote {out_dir}")
+    print(table)
+    if not args.quick:
+        update_docs(out_dir, table, results, memory, args)
+    return 0 if ok else 1
+
+
+def update_docs(
+    out_dir: Path,
+    table: str,
+    results: list[dict[str, Any]],
+    memory: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    start, end = "<!-- sweep:start -->", "<!-- sweep:end -->"
+    rss = results[0].get("rss_mb_per_process", [])
+    section = (
+        f"{start}\n## Open-loop rate sweep of the return endpoint ({out_dir.name})\n\n"
+        f"`PYTHONPATH=. .venv/bin/python -m benchmarks --seconds {args.seconds}` "
+        f"({args.processes} processes per system; raw numbers, CSV and plot in "
+        f"`benchmarks/results/{out_dir.name}/`). Latency is measured from each request's "
+        "intended send time (`benchmarks/openloop.py`), on this same 2-core machine with the "
+        "load generator, Redis and PostgreSQL beside the servers.\n\n"
+        f"{table}\n\n![latency against offered rate](../benchmarks/results/{out_dir.name}/"
+        f"latency.png)\n\nGateway resident memory per process (supervisor first): "
+        f"{', '.join(f'{m} MB' for m in rss)}. Redis memory: "
+        f"{memory['bytes_per_open_cart']} bytes per open cart (2 services), "
+        f"{memory['bytes_per_completed_booking_with_events']} bytes per completed booking "
+        "with everything it leaves (cart, payment, booking, their events until the stream is "
+        f"trimmed).\n{end}"
+    )
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per rate point")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="two low rates, for the smoke test")
+    parser.add_argument("--label", help="results folder name (default: today's date)")
+    import uvloop
+
+    sys.exit(uvloop.run(main(parser.parse_args())))

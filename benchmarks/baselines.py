@@ -1,0 +1,167 @@
+"""The two baselines the gateway is measured against, as servers of the same shape.
+
+    python -m benchmarks.baselines bare --port P [--processes 2]
+    python -m benchmarks.baselines sync --port P --dsn DSN --salt SALT [--processes 2]
+
+``bare``: the framework's ceiling. A Tornado handler answering the return with the same 303
+and no work at all.
+
+``sync``: the synchronous design this gateway replaces. The handler verifies the same PayU
+reverse hash, then, in the request, with a blocking driver (psycopg2): BEGIN, SELECT … FOR
+UPDATE the payment, UPDATE it, INSERT the booking, UPDATE the cart, COMMIT, and 303.
+
+Both fork ``--processes`` processes, each binding its own SO_REUSEPORT socket, like
+``gateway serve --workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import signal
+import sys
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+TARGET = "https://merchant.example/ok?txnid={txnid}&booking_id={booking_id}&status=success"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bl_carts (cart_id text PRIMARY KEY, status text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS bl_payments (txnid text PRIMARY KEY, cart_id text NOT NULL,
+    amount text NOT NULL, status text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS bl_bookings (booking_id text PRIMARY KEY,
+    cart_id text NOT NULL UNIQUE, txnid text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now());
+"""
+
+
+def reverse_hash(f: dict[str, str], salt: str) -> str:
+    seq = [
+        salt,
+        f.get("status", ""),
+        "",
+        "",
+        "",
+        "",
+        "",
+        *(f.get(f"udf{i}", "") for i in (5, 4, 3, 2, 1)),
+        f.get("email", ""),
+        f.get("firstname", ""),
+        f.get("productinfo", ""),
+        f.get("amount", ""),
+        f.get("txnid", ""),
+        f.get("key", ""),
+    ]
+    return hashlib.sha512("|".join(seq).encode()).hexdigest()
+
+
+class Bare(tornado.web.RequestHandler):
+    def post(self) -> None:
+        self.redirect(TARGET.format(txnid="t", booking_id="b"), status=303)
+
+
+class Sync(tornado.web.RequestHandler):
+    def initialize(self, conn: Any, salt: str) -> None:
+        self.conn = conn
+        self.salt = salt
+
+    def post(self) -> None:
+        f = {k: v[0].decode() for k, v in self.request.body_arguments.items()}
+        if not hmac.compare_digest(reverse_hash(f, self.salt), f.get("hash", "")):
+            self.redirect("https://merchant.example/failed?reason=bad_signature", status=303)
+            return
+        txnid = f["txnid"]
+        with self.conn, self.conn.cursor() as cur:  # BEGIN … COMMIT
+            cur.execute(
+                "SELECT cart_id, amount, status FROM bl_payments WHERE txnid = %s FOR UPDATE",
+                (txnid,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                self.send_error(400)
+                return
+            cart_id, amount, status = row
+            booking_id = "b" + cart_id[1:]
+            if status != "SUCCESS" and amount == f["amount"]:
+                cur.execute(
+                    "UPDATE bl_payments SET status = 'SUCCESS', updated_at = now() "
+                    "WHERE txnid = %s",
+                    (txnid,),
+                )
+                cur.execute(
+                    "INSERT INTO bl_bookings (booking_id, cart_id, txnid) VALUES (%s, %s, %s)",
+                    (booking_id, cart_id, txnid),
+                )
+                cur.execute(
+                    "UPDATE bl_carts SET status = 'CONVERTED', updated_at = now() "
+                    "WHERE cart_id = %s",
+                    (cart_id,),
+                )
+        self.redirect(TARGET.format(txnid=txnid, booking_id=booking_id), status=303)
+
+
+def serve(kind: str, port: int, dsn: str, salt: str) -> None:
+    if kind == "sync":
+        import psycopg2
+
+        conn = psycopg2.connect(dsn)
+        app = tornado.web.Application(
+            [(r"/v1/payments/payu/return", Sync, {"conn": conn, "salt": salt})]
+        )
+    else:
+        app = tornado.web.Application([(r"/v1/payments/payu/return", Bare)])
+
+    async def main() -> None:
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.stop()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=["bare", "sync"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--dsn", default="")
+    parser.add_argument("--salt", default="")
+    args = parser.parse_args()
+    children = []
+    for _ in range(args.processes):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                serve(args.kind, args.port, args.dsn, args.salt)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for pid in children:
+        os.waitpid(pid, 0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
