@@ -208,13 +208,13 @@ class CheckoutUser(FastHttpUser):
     concurrency = 4
 
     def on_start(self) -> None:
-        if not CONFIG.salt:
-            raise StopUser()  # check_config has said why and is stopping the test
         self.auth = {"Authorization": f"Bearer {CONFIG.api_key}"}
         self.user_id = f"bench-{uuid.uuid4().hex[:12]}"
 
     @task
     def checkout(self) -> None:
+        if not CONFIG.salt:
+            raise StopUser()  # check_config has said why and is stopping the test
         cart_id = self.create_cart()
         if cart_id is None:
             return

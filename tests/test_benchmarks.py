@@ -43,3 +43,34 @@ def test_return_rate_benchmark_smoke():
     )
     assert result["non_303"] == 0
     assert result["bookings_in_postgres"] == result["bookings_in_redis"] > 0
+
+
+def test_sweep_harness_smoke(tmp_path):
+    """`python -m benchmarks --quick`: all three systems at two low rates, report written."""
+    import secrets
+
+    label = f"smoke-{secrets.token_hex(3)}"
+    out = ROOT / "benchmarks" / "results" / label
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--quick", "--seconds", "1", "--label", label],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "PostgreSQL holds exactly" in done.stderr
+        report = orjson.loads((out / "sweep.json").read_bytes())
+        assert [r["system"] for r in report["results"]] == [
+            "gateway",
+            "bare Tornado",
+            "synchronous PostgreSQL",
+        ]
+        assert all(len(r["points"]) == 2 for r in report["results"])
+        assert report["postgres_matches"] is True
+        assert (out / "latency.png").stat().st_size > 10_000
+        assert "largest rate with p99" in (out / "summary.md").read_text()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
