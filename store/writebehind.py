@@ -34,6 +34,8 @@ GROUP = "writebehind"
 POISON_CLASSES = ("22", "23")
 
 Entry = tuple[str, str, dict[str, str] | None]  # stream, id, fields (None once trimmed)
+READ_CHUNK = 128  # entries a single XREADGROUP may return
+YIELD_EVERY = 64  # events parsed between two yields to the event loop
 
 
 @dataclass(frozen=True)
@@ -139,11 +141,16 @@ class WriteBehind:
         return entries
 
     async def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        # COUNT applies to each stream: ask each for its share of a small chunk, so one read
+        # returns at most ~READ_CHUNK entries and never stalls the event loop (shared with
+        # the HTTP path) on parsing thousands of them
+        want = min(count, READ_CHUNK)
+        per_stream = max(1, -(-want // len(self.streams)))
         res: Any = await self.redis.xreadgroup(
             GROUP,
             self.consumer,
             dict.fromkeys(self.streams, start),
-            count=count,
+            count=per_stream,
             block=block_ms,
         )
         out: list[Entry] = []
@@ -160,7 +167,9 @@ class WriteBehind:
         readable: list[Entry] = []
         unreadable: list[tuple[Entry, str]] = []
         gone: list[Entry] = []
-        for entry in entries:
+        for n, entry in enumerate(entries, 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let requests in between: the loop is shared
             if entry[2] is None:
                 gone.append(entry)  # trimmed while pending: nothing left to write
                 continue
