@@ -460,6 +460,8 @@ def summary_table(results: list[dict[str, Any]]) -> str:
 
 async def main(args: argparse.Namespace) -> int:
     rates = QUICK_RATES if args.quick else RATES
+    if args.rates:
+        rates = [int(r) for r in args.rates.split(",")]
     admin = postgres_admin_url()
     systems: list[System] = [
         Gateway(args.processes, admin),
@@ -578,6 +580,7 @@ if __name__ == "__main__":
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="two low rates, for the smoke test")
     parser.add_argument("--label", help="results folder name (default: today's date)")
+    parser.add_argument("--rates", help="offered rates, comma separated (default: the sweep)")
     parser.add_argument(
         "--only",
         help="some systems only (gateway,bare,synchronous); the "
