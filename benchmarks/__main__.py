@@ -21,6 +21,7 @@ import csv
 import datetime
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,7 @@ class Gateway(System):
         self.processes, self.admin = processes, admin
         self.prefix = f"gwbench-{secrets.token_hex(4)}"
         self.db = f"gwbench_{secrets.token_hex(4)}"
+        self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
 
     async def start(self) -> None:
         conn = await asyncpg.connect(self.admin)
@@ -159,7 +161,7 @@ class Gateway(System):
                 "GATEWAY_FAILURE_URL": "https://merchant.example/failed",
                 "GATEWAY_PAYU_KEY": KEY,
                 "GATEWAY_PAYU_SALT": SALT,
-                "GATEWAY_DATA_DIR": tempfile.mkdtemp(prefix="gwbench-"),
+                "GATEWAY_DATA_DIR": self.data_dir,
             },
         )
         self.port = port
@@ -196,6 +198,7 @@ class Gateway(System):
 
     async def stop(self) -> None:
         self.terminate()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
         async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
             await self.store.client.delete(key)
         await self.store.close()

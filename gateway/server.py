@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -105,6 +106,15 @@ def run_processes(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]
     return _supervise(workers, main)
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the supervisor dies, even by SIGKILL, so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the supervisor's SIGTERM forwarding still applies
+
+
 def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -> int:
     children: dict[int, int] = {}
     stopping = False
@@ -112,6 +122,7 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
+            _die_with_parent()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0

@@ -151,3 +151,36 @@ async def test_workers_share_the_port(env, prefix):
             proc.kill()
         proc.wait()
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(env, prefix):
+    port = int(env["GATEWAY_PORT"])
+    proc = start(env, "--workers", "2")
+    try:
+        await asyncio.to_thread(wait_ready, port, proc)
+        pids = set()
+        for _ in range(200):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                pids.add(orjson.loads(r.read())["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        proc.kill()  # SIGKILL: the supervisor cannot forward anything
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            await asyncio.sleep(0.1)
+    finally:
+        for pid in pids if "pids" in locals() else ():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
