@@ -107,6 +107,13 @@ class WriteBehind:
                     "write-behind: redis error, retrying", extra={"error": type(exc).__name__}
                 )
                 await _sleep(stop, 1.0)
+            except Exception:
+                # A bug must not stop the write-behind for good: log it loudly, count it,
+                # and go on; the entries in hand stay pending and are read again.
+                self.hooks.retry("unexpected")
+                log.exception("write-behind: unexpected error, retrying")
+                self._retry_pending = True
+                await _sleep(stop, 1.0)
         log.info("write-behind stopped", extra={"consumer": self.consumer, "written": self.written})
 
     async def ensure_groups(self) -> None:
@@ -351,7 +358,7 @@ class WriteBehind:
                 count=self.config.batch_size,
                 justid=True,
             )
-            ids = res[1] if res else []
+            ids = list(res or [])  # with JUSTID, redis-py returns the claimed ids themselves
             if ids:
                 claimed += len(ids)
                 log.warning(

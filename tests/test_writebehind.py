@@ -335,3 +335,27 @@ def test_cli_migrate_and_reconcile(database_url, prefix):
         timeout=60,
     )
     assert rec.returncode == 0 and "0 differences" in rec.stdout
+
+
+async def test_claiming_a_single_idle_entry(make_durable):
+    """A dead consumer left exactly one entry: it is claimed (this once crashed the worker)."""
+    from gateway.background import writebehind
+
+    gw = await make_durable(worker=False)
+    await gw.checkouts(1)
+    stream = next(
+        s
+        for s in (gw.keys.stream(p) for p in range(gw.settings.partitions))
+        if await gw.redis.xlen(s)
+    )
+    await gw.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await gw.redis.xreadgroup(GROUP, "dead", {stream: ">"}, count=1)
+    alive = writebehind(gw.settings, gw.store, gw.pg, gw.metrics, "alive")
+    alive.config = dataclasses.replace(alive.config, claim_idle_ms=1)
+    await alive.ensure_groups()
+    await asyncio.sleep(0.01)
+    assert await alive.claim_idle() == 1
+    mine = await gw.redis.xpending_range(
+        stream, GROUP, min="-", max="+", count=10, consumername="alive"
+    )
+    assert len(mine) == 1

@@ -71,7 +71,8 @@ async def test_worker_killed_mid_batch(make_durable, recovery):
             await gw.drained(timeout=60)
         finally:
             second.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(second.wait, 20) == 0
+            _, err = await asyncio.to_thread(second.communicate, timeout=20)
+            assert second.returncode == 0, err.decode()[-3000:]
         assert await gw.count("SELECT count(*) FROM bookings") == n
         assert await gw.count("SELECT count(*) FROM carts WHERE status = 'CONVERTED'") == n
         assert await gw.count("SELECT count(*) FROM payments WHERE status = 'SUCCESS'") == n
