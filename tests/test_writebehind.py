@@ -343,11 +343,9 @@ async def test_claiming_a_single_idle_entry(make_durable):
 
     gw = await make_durable(worker=False)
     await gw.checkouts(1)
-    stream = next(
-        s
-        for s in (gw.keys.stream(p) for p in range(gw.settings.partitions))
-        if await gw.redis.xlen(s)
-    )
+    streams = [gw.keys.stream(p) for p in range(gw.settings.partitions)]
+    lengths = {s: await gw.redis.xlen(s) for s in streams}
+    stream = max(lengths, key=lambda s: lengths[s])
     await gw.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
     await gw.redis.xreadgroup(GROUP, "dead", {stream: ">"}, count=1)
     alive = writebehind(gw.settings, gw.store, gw.pg, gw.metrics, "alive")
