@@ -105,6 +105,30 @@ class BaseHandler(tornado.web.RequestHandler):
             raise BadRequest("the body must be a JSON object", reason="bad_json")
         return body
 
+    def single_fields(self, what: str) -> dict[str, str]:
+        """The query's fields, then the form's (Tornado has parsed both; a form field wins
+        over a query field of the same name); one value each, UTF-8."""
+        request = self.request
+        sources = [request.query_arguments]
+        if request.method == "POST" and request.body:
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype != "application/x-www-form-urlencoded":
+                raise UnsupportedMediaType(
+                    f"{what} must be a form (application/x-www-form-urlencoded)",
+                    reason="content_type",
+                )
+            sources.append(request.body_arguments)
+        fields: dict[str, str] = {}
+        for arguments in sources:
+            for name, values in arguments.items():
+                if len(values) != 1:
+                    raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
+                try:
+                    fields[name] = values[0].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
+        return fields
+
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.errors import BadRequest, BadSignature, Mismatch, UnsupportedMediaType
+from gateway.errors import BadSignature, Mismatch
 from handlers import validate
 from handlers.base import BaseHandler
 
@@ -36,7 +36,7 @@ class ReturnHandler(BaseHandler):
     async def _return(self, provider_name: str) -> None:
         checkout = self.ctx.checkout
         provider = checkout.provider(provider_name)
-        fields = self._fields()
+        fields = self.single_fields("the return")
         notice = provider.read_return(fields)
         try:
             verdict = await checkout.settle(provider, notice, "return")
@@ -48,30 +48,6 @@ class ReturnHandler(BaseHandler):
             self.ctx.metrics.bad_requests.labels(exc.reason).inc()
             target = checkout.failure_redirect(exc.txnid or notice.txnid or "", exc.reason)
         self.redirect(target, status=303)
-
-    def _fields(self) -> dict[str, str]:
-        """The query's fields, then the form's (Tornado has parsed both; a form field wins over
-        a query field of the same name); one value each."""
-        fields: dict[str, str] = {}
-        request = self.request
-        sources = [request.query_arguments]
-        if request.method == "POST" and request.body:
-            ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype != "application/x-www-form-urlencoded":
-                raise UnsupportedMediaType(
-                    "the return must be a form (application/x-www-form-urlencoded)",
-                    reason="content_type",
-                )
-            sources.append(request.body_arguments)
-        for arguments in sources:
-            for name, values in arguments.items():
-                if len(values) != 1:
-                    raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
-                try:
-                    fields[name] = values[0].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
-        return fields
 
 
 class WebhookHandler(BaseHandler):

@@ -58,18 +58,6 @@ class HTMLHandler(BaseHandler):
         self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
         self.finish(PAGE.format(title=esc(title), body=body))
 
-    def single_fields(self) -> dict[str, str]:
-        fields: dict[str, str] = {}
-        for source in (self.request.query_arguments, self.request.body_arguments):
-            for name, values in source.items():
-                if len(values) != 1:
-                    raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
-                try:
-                    fields[name] = values[0].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
-        return fields
-
 
 class SandboxPayHandler(HTMLHandler):
     """The sandbox provider's payment page: what PayU's hosted page is for real payments."""
@@ -86,7 +74,7 @@ class SandboxPayHandler(HTMLHandler):
         settings = self.ctx.settings
         if not settings.sandbox:
             raise NotFound("the sandbox is off", reason="sandbox_off")
-        f = self.single_fields()
+        f = self.single_fields("the payment request")
         required = (
             "key",
             "txnid",

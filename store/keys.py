@@ -82,6 +82,3 @@ class Keys:
     def order_index(self, provider: str, order_id: str) -> str:
         """Provider order id -> txnid (Razorpay's webhook names the order, not our txnid)."""
         return f"{self.prefix}:order:{provider}:{order_id}"
-
-    def pattern(self) -> str:
-        return f"{self.prefix}:*"

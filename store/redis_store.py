@@ -194,12 +194,6 @@ class RedisStore:
     ) -> None:
         await self.close()
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self.client.ping())
-        except RedisError:
-            return False
-
     async def ready(self) -> tuple[bool, bool]:
         """(Redis answers, every script is loaded), in one round trip."""
         shas = [getattr(self.scripts, name).sha for name in SCRIPT_NAMES]
