@@ -39,8 +39,8 @@ from benchmarks.baselines import SCHEMA, reverse_hash
 from benchmarks.return_rate import tree_cpu_s, wait_up
 from store import keys as ids
 from store.pg_store import migrate
+from store.queue import queue_stats
 from store.redis_store import RedisStore
-from store.writebehind import queue_stats
 from tests.conftest import db_url
 from tests.services import free_port, postgres_admin_url, redis_url
 

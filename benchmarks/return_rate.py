@@ -33,8 +33,8 @@ import orjson
 
 from store import keys as ids
 from store.pg_store import migrate
+from store.queue import queue_stats
 from store.redis_store import RedisStore
-from store.writebehind import queue_stats
 from tests import payu_sign
 from tests.conftest import db_url
 from tests.services import free_port, postgres_admin_url, redis_url

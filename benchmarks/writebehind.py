@@ -33,8 +33,9 @@ from store import keys as ids
 from store import pg_store
 from store.events import BOOKING_COLUMNS, CART_COLUMNS, PAYMENT_COLUMNS, Rows
 from store.pg_store import PgStore, migrate, write_rows
+from store.queue import GROUP, queue_stats
 from store.redis_store import RedisStore
-from store.writebehind import GROUP, WriteBehind, WriteBehindConfig, queue_stats
+from store.writebehind import WriteBehind, WriteBehindConfig
 from tests.conftest import db_url
 from tests.services import postgres_admin_url, redis_url
 

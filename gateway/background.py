@@ -13,8 +13,9 @@ from redis.exceptions import RedisError
 from gateway.config import Settings
 from gateway.metrics import Metrics, WriteBehindMetrics
 from store.pg_store import PgStore
+from store.queue import QueueStats, queue_stats
 from store.redis_store import RedisStore
-from store.writebehind import QueueStats, WriteBehind, queue_stats
+from store.writebehind import WriteBehind
 
 log = logging.getLogger("gateway.background")
 

@@ -27,8 +27,8 @@ from store.events import (
     snapshot,
 )
 from store.pg_store import PgStore
+from store.queue import queue_stats
 from store.redis_store import RedisStore, now_ms
-from store.writebehind import queue_stats
 
 Builder = Callable[[dict[str, Any]], tuple[Any, ...]]
 # key kind: (table, entity name in events, row builder, its columns)

@@ -25,7 +25,7 @@ from gateway.background import consumer_name, monitor, writebehind
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from handlers.ops import SANDBOX_WARNING
-from store.writebehind import QueueStats
+from store.queue import QueueStats
 
 log = logging.getLogger("gateway.server")
 DRAIN_TIMEOUT_S = 10.0

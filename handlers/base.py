@@ -24,8 +24,8 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from store.pg_store import PgStore
+from store.queue import QueueStats
 from store.redis_store import RedisStore
-from store.writebehind import QueueStats
 
 log = logging.getLogger("gateway.http")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

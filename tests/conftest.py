@@ -25,8 +25,9 @@ from gateway.app import make_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from store.pg_store import PgStore, migrate
+from store.queue import queue_stats
 from store.redis_store import RedisStore
-from store.writebehind import WriteBehindConfig, queue_stats
+from store.writebehind import WriteBehindConfig
 from tests import payu_sign, services
 from tests.razorpay_standin import RazorpayStandIn
 

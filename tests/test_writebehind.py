@@ -183,7 +183,7 @@ async def test_migrate_is_idempotent(database_url):
 
 
 async def test_trim_never_passes_the_oldest_unacknowledged_entry(make_durable):
-    from store.writebehind import trim
+    from store.queue import trim
 
     gw = await make_durable(worker=False)
     await gw.checkouts(40)

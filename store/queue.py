@@ -1,0 +1,103 @@
+"""The write-behind queue seen from outside: its length, pending count and lag, and the safe
+trimming of its streams (never past the oldest unacknowledged entry of any group)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from store.keys import Keys
+
+GROUP = "writebehind"  # the consumer group of the write-behind workers
+
+
+async def safe_trim_point(redis: Redis, stream: str) -> str | None:
+    """The id below which every group has acknowledged everything (None: keep all)."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return None
+    if not groups:
+        return None
+    points: list[tuple[int, int]] = []
+    for g in groups:
+        last = _parse_id(str(g["last-delivered-id"]))
+        # the first entry not yet delivered to this group is unacknowledged too
+        points.append((last[0], last[1] + 1))
+        if int(g["pending"]):
+            summary = await redis.xpending(stream, g["name"])
+            if summary["min"]:
+                points.append(_parse_id(str(summary["min"])))
+    low = min(points)
+    return f"{low[0]}-{low[1]}"
+
+
+async def trim(redis: Redis, streams: list[str], approximate: bool = True) -> None:
+    """Trim each stream below its safe point (approximately: whole macro nodes only)."""
+    for stream in streams:
+        point = await safe_trim_point(redis, stream)
+        if point is not None:
+            await redis.xtrim(stream, minid=point, approximate=approximate)
+
+
+def _parse_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    backlog: int  # entries not yet acknowledged: pending plus not yet delivered
+    pending: int  # delivered to a worker, not yet acknowledged
+    oldest_age_s: float  # age of the oldest unacknowledged entry (0 when none)
+    dead_letters: int  # entries in the dead-letter streams
+
+
+async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
+    """The write-behind queue, read from Redis (a few commands per partition)."""
+    backlog = pending = dead = 0
+    oldest: tuple[int, int] | None = None
+    now_ms = time.time() * 1000
+    for part in range(partitions):
+        stream = keys.stream(part)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
+            pipe.xlen(keys.deadletter(part))
+            try:
+                groups, length, dl = await pipe.execute()
+            except ResponseError:  # no stream yet
+                continue
+        dead += int(dl)
+        group = next((g for g in groups if g["name"] == GROUP), None)
+        if group is None:
+            backlog += int(length)
+            first: Any = await redis.xrange(stream, count=1)
+            candidates = [_parse_id(str(first[0][0]))] if first else []
+        else:
+            p = int(group["pending"])
+            lag = group.get("lag")  # Redis 7+; None when unknown
+            pending += p
+            candidates = []
+            last = _parse_id(str(group["last-delivered-id"]))
+            after = f"({last[0]}-{last[1]}"
+            if lag is not None:
+                backlog += p + int(lag)
+                nxt: Any = await redis.xrange(stream, min=after, count=1)
+            else:  # count what was never delivered (exact up to 10,000 a partition)
+                nxt = await redis.xrange(stream, min=after, count=10_000)
+                backlog += p + len(nxt)
+            if nxt:
+                candidates.append(_parse_id(str(nxt[0][0])))
+            if p:
+                summary = await redis.xpending(stream, GROUP)
+                if summary["min"]:  # acknowledged in between: nothing older pending
+                    candidates.append(_parse_id(str(summary["min"])))
+        for c in candidates:
+            oldest = c if oldest is None or c < oldest else oldest
+    age = max(0.0, (now_ms - oldest[0]) / 1000) if oldest else 0.0
+    return QueueStats(backlog, pending, age, dead)
