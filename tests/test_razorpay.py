@@ -58,6 +58,22 @@ def webhook(
     )
 
 
+async def razorpay_return(
+    gw: Any, txnid: str, order_id: str, payment_id: str, secret: str = RZP_SECRET
+) -> Any:
+    """The browser back from Razorpay Checkout, signed with ``secret`` over the given order."""
+    return await gw.fetch(
+        "POST",
+        f"/v1/payments/razorpay/return?txnid={txnid}",
+        auth=False,
+        form={
+            "razorpay_payment_id": payment_id,
+            "razorpay_order_id": order_id,
+            "razorpay_signature": rzp_sig(order_id, payment_id, secret),
+        },
+    )
+
+
 async def send_webhook(gw: Any, body: bytes, secret: str = RZP_WEBHOOK_SECRET) -> Any:
     sig = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return await gw.fetch(
@@ -83,16 +99,7 @@ async def test_lifecycle_return(gw, razorpay_api):
     )
     assert "secret" not in orjson.dumps(payment).decode().lower()
 
-    resp = await gw.fetch(
-        "POST",
-        f"/v1/payments/razorpay/return?txnid={payment['txnid']}",
-        auth=False,
-        form={
-            "razorpay_payment_id": "pay_X1",
-            "razorpay_order_id": order_id,
-            "razorpay_signature": rzp_sig(order_id, "pay_X1"),
-        },
-    )
+    resp = await razorpay_return(gw, payment["txnid"], order_id, "pay_X1")
     assert resp.code == 303
     q = check_sig(resp.headers["Location"])
     assert resp.headers["Location"].startswith(SUCCESS_URL) and q["status"] == "success"
@@ -124,16 +131,7 @@ async def test_signature_uses_stored_order(gw):
     payment = await gw.start(cart["cart_id"], "razorpay")
     other = await gw.start((await gw.cart_with_items())["cart_id"], "razorpay")
     other_order = other["redirect"]["fields"]["order_id"]
-    resp = await gw.fetch(
-        "POST",
-        f"/v1/payments/razorpay/return?txnid={payment['txnid']}",
-        auth=False,
-        form={
-            "razorpay_payment_id": "pay_X1",
-            "razorpay_order_id": other_order,
-            "razorpay_signature": rzp_sig(other_order, "pay_X1"),
-        },
-    )
+    resp = await razorpay_return(gw, payment["txnid"], other_order, "pay_X1")
     assert resp.code == 303 and resp.headers["Location"].startswith(FAILURE_URL)
     assert (await gw.json("GET", f"/v1/payments/{payment['txnid']}"))["status"] == "INITIATED"
     assert (await gw.json("GET", f"/v1/payments/{other['txnid']}"))["status"] == "INITIATED"
@@ -143,16 +141,7 @@ async def test_bad_return_signature(gw):
     cart = await gw.cart_with_items()
     payment = await gw.start(cart["cart_id"], "razorpay")
     order_id = payment["redirect"]["fields"]["order_id"]
-    resp = await gw.fetch(
-        "POST",
-        f"/v1/payments/razorpay/return?txnid={payment['txnid']}",
-        auth=False,
-        form={
-            "razorpay_payment_id": "pay_X1",
-            "razorpay_order_id": order_id,
-            "razorpay_signature": rzp_sig(order_id, "pay_X1", "wrong-secret"),
-        },
-    )
+    resp = await razorpay_return(gw, payment["txnid"], order_id, "pay_X1", "wrong-secret")
     assert resp.code == 303 and "reason=bad_signature" in resp.headers["Location"]
     assert (await gw.json("GET", f"/v1/payments/{payment['txnid']}"))["status"] == "INITIATED"
 
@@ -188,16 +177,7 @@ async def test_webhook_first_then_redirect(gw):
         ).body
     )
     assert hook["status"] == "SUCCESS" and hook["applied"] is True and hook["booking_id"]
-    resp = await gw.fetch(
-        "POST",
-        f"/v1/payments/razorpay/return?txnid={payment['txnid']}",
-        auth=False,
-        form={
-            "razorpay_payment_id": "pay_ABC123",
-            "razorpay_order_id": order_id,
-            "razorpay_signature": rzp_sig(order_id, "pay_ABC123"),
-        },
-    )
+    resp = await razorpay_return(gw, payment["txnid"], order_id, "pay_ABC123")
     assert check_sig(resp.headers["Location"])["booking_id"] == hook["booking_id"]
 
 

@@ -39,6 +39,17 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("gateway did not come up")
 
 
+def worker_pids(port: int, want: int = 2) -> set[int]:
+    """The pids that answer /healthz on ``port``, asked until ``want`` of them have."""
+    pids: set[int] = set()
+    for _ in range(200):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            pids.add(orjson.loads(r.read())["pid"])
+        if len(pids) == want:
+            break
+    return pids
+
+
 @pytest.fixture
 def env(prefix, razorpay_api):
     from tests.conftest import REDIS_URL
@@ -134,12 +145,7 @@ async def test_workers_share_the_port(env, prefix):
     proc = start(env, "--workers", "2")
     try:
         await asyncio.to_thread(wait_ready, port, proc)
-        pids = set()
-        for _ in range(200):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                pids.add(orjson.loads(r.read())["pid"])
-            if len(pids) == 2:
-                break
+        pids = await asyncio.to_thread(worker_pids, port)
         assert len(pids) == 2 and proc.pid not in pids
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
@@ -158,12 +164,7 @@ async def test_workers_do_not_outlive_a_killed_supervisor(env, prefix):
     proc = start(env, "--workers", "2")
     try:
         await asyncio.to_thread(wait_ready, port, proc)
-        pids = set()
-        for _ in range(200):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                pids.add(orjson.loads(r.read())["pid"])
-            if len(pids) == 2:
-                break
+        pids = await asyncio.to_thread(worker_pids, port)
         assert len(pids) == 2
         proc.kill()  # SIGKILL: the supervisor cannot forward anything
         proc.wait()
@@ -172,7 +173,7 @@ async def test_workers_do_not_outlive_a_killed_supervisor(env, prefix):
             assert time.monotonic() < deadline, "workers outlived their supervisor"
             await asyncio.sleep(0.1)
     finally:
-        for pid in pids if "pids" in locals() else ():
+        for pid in pids if "pids" in locals() else set():
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
