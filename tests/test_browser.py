@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import drop_keys
 from tests.services import free_port
-from tests.test_sandbox import sandbox_env
+from tests.test_sandbox import gateway_cli, sandbox_env
 from tests.test_server import wait_ready
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,14 +67,7 @@ async def test_pay_in_chromium(prefix, database_url):
     driver = None
     try:
         await asyncio.to_thread(wait_ready, port, serve)
-        shown = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "gateway.cli", "demo"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        shown = await gateway_cli(env, "demo")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         url = shown.stdout.strip().splitlines()[-1]
         assert url.startswith(f"http://127.0.0.1:{port}/sandbox/pay?")

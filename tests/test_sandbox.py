@@ -33,6 +33,18 @@ def sandbox_env(prefix: str, **extra: str) -> dict[str, str]:
     }
 
 
+async def gateway_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway ARGS`` run to its end, its output captured."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 async def sgw(prefix):
     port = free_port()
@@ -181,24 +193,10 @@ async def test_gateway_demo_auto(prefix, database_url):
     )
     try:
         await asyncio.to_thread(wait_ready, port, serve)
-        shown = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "gateway.cli", "demo"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        shown = await gateway_cli(env, "demo")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert f"http://127.0.0.1:{port}/sandbox/pay?" in shown.stdout
-        auto = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "gateway.cli", "demo", "--auto"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        auto = await gateway_cli(env, "demo", "--auto")
         assert auto.returncode == 0, auto.stdout + auto.stderr
         booking = orjson.loads(auto.stdout[auto.stdout.index("{") :])
         assert booking["status"] == "CONFIRMED" and len(booking["items"]) == 2
