@@ -30,7 +30,6 @@ import orjson
 import uvloop
 
 from store import keys as ids
-from store import pg_store
 from store.events import BOOKING_COLUMNS, CART_COLUMNS, PAYMENT_COLUMNS, Rows
 from store.pg_store import PgStore, migrate, write_rows
 from store.queue import GROUP, queue_stats
@@ -96,63 +95,11 @@ async def write_executemany(conn: asyncpg.Connection, rows: Rows) -> None:
 
 
 async def write_copy(conn: asyncpg.Connection, rows: Rows) -> None:
-    for (table, columns, key), data in zip(
-        TABLES, (rows.carts, rows.payments, rows.bookings), strict=True
-    ):
-        if not data:
-            continue
-        stage = f"stage_{table}"
-        types = {"items": "text", "created_at": "int8", "updated_at": "int8", "expires_at": "int8"}
-        cols = ", ".join(
-            f"{c} {types[c]}" if c in types else f"{c} {_pg_type(conn, table, c)}" for c in columns
-        )
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({cols}) ON COMMIT DELETE ROWS"
-        )
-        await conn.copy_records_to_table(stage, records=list(data.values()), columns=columns)
-        select = ", ".join(
-            f"'epoch'::timestamptz + {c} * interval '1 millisecond'"
-            if c in ("created_at", "updated_at", "expires_at")
-            else f"{c}::jsonb"
-            if c == "items"
-            else c
-            for c in columns
-        )
-        sql = (
-            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "  # noqa: S608
-            f"FROM {stage} "
-        )
-        if table == "bookings":
-            sql += f"ON CONFLICT ({key}) DO NOTHING"
-        else:
-            sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
-            sql += f"ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {table}.rev < EXCLUDED.rev"
-        await conn.execute(sql)
-
-
-_PG_TYPES = {
-    "total_amount": "int8",
-    "amount": "int8",
-    "version": "int4",
-    "cart_version": "int4",
-    "rev": "int4",
-    "refund_required": "bool",
-}
-
-
-def _pg_type(_conn: Any, _table: str, column: str) -> str:
-    return _PG_TYPES.get(column, "text")
+    await write_rows(conn, rows, copy=True)
 
 
 async def write_unnest(conn: asyncpg.Connection, rows: Rows) -> None:
-    for name, data in (
-        ("carts", rows.carts),
-        ("payments", rows.payments),
-        ("bookings", rows.bookings),
-    ):
-        if data:
-            width = len(pg_store.TABLES[name][0])
-            await conn.execute(pg_store.SQL[name], *pg_store._columns(data.values(), width))
+    await write_rows(conn, rows, copy=False)
 
 
 async def write_gateway(conn: asyncpg.Connection, rows: Rows) -> None:

@@ -299,15 +299,14 @@ class Checkout:
                 if verdict.refund_required
                 else (verdict.reason or "payment_failed")
             )
-        return signed_url(
-            s.failure_url,
-            s.return_secret,
-            [("txnid", verdict.txnid), ("status", status), ("reason", reason)],
-        )
+        return self._to_failure_page(verdict.txnid, status, reason)
 
     def failure_redirect(self, txnid: str, reason: str) -> str:
+        return self._to_failure_page(txnid, "failed", reason)
+
+    def _to_failure_page(self, txnid: str, status: str, reason: str) -> str:
         return signed_url(
             self.settings.failure_url,
             self.settings.return_secret,
-            [("txnid", txnid), ("status", "failed"), ("reason", reason)],
+            [("txnid", txnid), ("status", status), ("reason", reason)],
         )

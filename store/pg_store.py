@@ -119,8 +119,12 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return cols
 
 
-async def write_rows(conn: asyncpg.Connection, rows: Rows, force: bool = False) -> None:
-    """Upsert a batch's rows on ``conn`` (the caller owns the transaction)."""
+async def write_rows(
+    conn: asyncpg.Connection, rows: Rows, force: bool = False, copy: bool | None = None
+) -> None:
+    """Upsert a batch's rows on ``conn`` (the caller owns the transaction). ``copy`` forces
+    one way of writing (the benchmark compares them); by default a table's rows go by COPY
+    above ``COPY_FROM_ROWS``, by unnest below."""
     bang = "!" if force else ""
     for name, data in (
         ("carts", rows.carts),
@@ -130,7 +134,7 @@ async def write_rows(conn: asyncpg.Connection, rows: Rows, force: bool = False) 
         if not data:
             continue
         columns = TABLES[name][0]
-        if len(data) > COPY_FROM_ROWS:
+        if copy if copy is not None else len(data) > COPY_FROM_ROWS:
             await conn.execute(STAGE_DDL[name])
             await conn.copy_records_to_table(
                 f"stage_{name}", records=list(data.values()), columns=columns
