@@ -471,6 +471,9 @@ async def main(args: argparse.Namespace) -> int:
         Bare(args.processes),
         Sync(args.processes, admin),
     ]
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        systems = [s for s in systems if s.name.split()[0].lower() in wanted]
     results = [await sweep(s, rates, args.seconds) for s in systems]
     ok = True
     for r in results:

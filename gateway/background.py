@@ -36,6 +36,7 @@ def writebehind(
         consumer,
         settings.writebehind,
         WriteBehindMetrics(metrics),
+        store.calls,
     )
 
 

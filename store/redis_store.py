@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from store import keys as ids
 from store.keys import Keys
+from store.resp import Arg, Calls, RedisPyCalls, RespClient, evalsha
 from store.scripts import NAMES as SCRIPT_NAMES
 from store.scripts import Scripts
 
@@ -131,9 +132,17 @@ class RedisStore:
     """Carts, payments and bookings in Redis. Use as ``async with RedisStore.connect(...)``."""
 
     def __init__(
-        self, client: Redis, keys: Keys, *, cart_ttl_s: int, payment_window_s: int
+        self,
+        client: Redis,
+        keys: Keys,
+        *,
+        cart_ttl_s: int,
+        payment_window_s: int,
+        calls: Calls | None = None,
     ) -> None:
-        self.client = client
+        self.client = client  # redis-py: everything off the request path
+        # the request path's calls: one pipelined connection (store/resp.py)
+        self.calls: Calls = calls or RedisPyCalls(client)
         self.keys = keys
         self.scripts = Scripts.register(client)
         self.cart_ttl_ms = cart_ttl_s * 1000
@@ -151,8 +160,10 @@ class RedisStore:
         cart_ttl_s: int,
         payment_window_s: int,
         attempts: int = 5,
+        fast: bool = True,
     ) -> RedisStore:
-        """Connect, retrying with backoff, and load the scripts."""
+        """Connect, retrying with backoff, and load the scripts. ``fast=False`` sends the
+        request path's calls through redis-py too (the fallback for TLS URLs)."""
         client = Redis.from_url(
             url,
             decode_responses=True,
@@ -162,7 +173,14 @@ class RedisStore:
             # fails its command, which the retry takes on a fresh one
             max_connections=256,
         )
-        store = cls(client, Keys(prefix), cart_ttl_s=cart_ttl_s, payment_window_s=payment_window_s)
+        calls = RespClient.from_url(url, timeout=5, connect_timeout=2) if fast else None
+        store = cls(
+            client,
+            Keys(prefix),
+            cart_ttl_s=cart_ttl_s,
+            payment_window_s=payment_window_s,
+            calls=calls,
+        )
         delay = 0.1
         for attempt in range(1, attempts + 1):
             try:
@@ -184,6 +202,7 @@ class RedisStore:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            await self.calls.close()
             await self.client.aclose()
 
     async def __aenter__(self) -> RedisStore:
@@ -227,7 +246,8 @@ class RedisStore:
             cart_id = ids.new_cart_id(partitions)
             res = await self._timed(
                 "cart_create",
-                self.scripts.cart_create(
+                self._eval(
+                    "cart_create",
                     keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
                     args=[cart_id, user_id, currency, now_ms(), self.cart_ttl_ms, EXPIRED_KEEP_MS],
                 ),
@@ -257,7 +277,8 @@ class RedisStore:
         now = now_ms()
         res = await self._timed(
             "cart_items",
-            self.scripts.cart_items(
+            self._eval(
+                "cart_items",
                 keys=[self.keys.cart(cart_id), self.keys.stream_of(cart_id)],
                 args=[
                     op,
@@ -300,7 +321,8 @@ class RedisStore:
     ) -> dict[str, str]:
         res = await self._timed(
             "payment_start",
-            self.scripts.payment_start(
+            self._eval(
+                "payment_start",
                 keys=[
                     self.keys.cart(cart_id),
                     self.keys.payment(txnid),
@@ -339,7 +361,8 @@ class RedisStore:
         return h or None
 
     async def payment_exists(self, txnid: str) -> bool:
-        return bool(await self._timed("exists", self.client.exists(self.keys.payment(txnid))))
+        key = self.keys.payment(txnid)
+        return bool(await self._timed("exists", self.calls.call("EXISTS", key)))
 
     async def get_booking(self, booking_id: str) -> dict[str, str] | None:
         h = await self._hgetall(self.keys.booking(booking_id))
@@ -362,7 +385,8 @@ class RedisStore:
         booking_id = ids.booking_id_for(cart_id)
         res = await self._timed(
             "payment_settle",
-            self.scripts.payment_settle(
+            self._eval(
+                "payment_settle",
                 keys=[
                     self.keys.cart(cart_id),
                     self.keys.payment(txnid),
@@ -389,18 +413,25 @@ class RedisStore:
         return "notfound"
 
     async def index_order(self, provider: str, order_id: str, txnid: str, ttl_s: int) -> None:
-        await self.client.set(self.keys.order_index(provider, order_id), txnid, ex=ttl_s)
+        key = self.keys.order_index(provider, order_id)
+        await self._timed("set", self.calls.call("SET", key, txnid, "EX", ttl_s))
 
     async def txnid_for_order(self, provider: str, order_id: str) -> str | None:
-        value = await self.client.get(self.keys.order_index(provider, order_id))
-        return cast(str | None, value)
+        key = self.keys.order_index(provider, order_id)
+        return cast(str | None, await self._timed("get", self.calls.call("GET", key)))
 
     async def _hgetall(self, key: str) -> dict[str, str]:
-        return cast(dict[str, str], await self._timed("hgetall", self.client.hgetall(key)))
+        return _pairs(await self._timed("hgetall", self.calls.call("HGETALL", key)))
+
+    async def _eval(self, name: str, keys: list[str], args: list[Arg]) -> Any:
+        script: Any = getattr(self.scripts, name)
+        return await evalsha(self.calls, script.sha, script.script, keys, args)
 
     async def _timed(self, call: str, pending: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
             return await pending
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise Unavailable("Redis did not answer; try again shortly") from exc
         finally:
             self.observe(call, time.perf_counter() - started)

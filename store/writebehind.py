@@ -26,6 +26,7 @@ from store.events import BadEvent, Rows
 from store.keys import Keys
 from store.pg_store import PgStore, migrate, write_rows
 from store.queue import GROUP, trim
+from store.resp import Calls, RedisPyCalls, evalsha
 from store.scripts import source
 
 log = logging.getLogger("gateway.writebehind")
@@ -74,8 +75,12 @@ class WriteBehind:
         consumer: str,
         config: WriteBehindConfig | None = None,
         hooks: Hooks | None = None,
+        calls: Calls | None = None,
     ) -> None:
-        self.redis = redis
+        self.redis = redis  # redis-py: the blocking reads, claims, dead letters
+        # XACK and retention (non-blocking, many per batch): the process's pipelined
+        # connection when given (store/resp.py), so a batch's calls share round trips
+        self.calls: Calls = calls or RedisPyCalls(redis)
         self.keys = keys
         self.streams = [keys.stream(p) for p in range(partitions)]
         self.pg = pg
@@ -85,8 +90,10 @@ class WriteBehind:
         self._last_claim = 0.0
         self._last_trim = time.monotonic()
         self._retry_pending = True  # on start, drain our own pending entries first
+        self._backlog = False  # the last read filled some stream's share
         self.written = 0
-        self.retain_script = redis.register_script(source("retain"))
+        self.retain_text = source("retain")
+        self.retain_sha = redis.register_script(self.retain_text).sha
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batch in hand is finished before returning."""
@@ -136,12 +143,13 @@ class WriteBehind:
         entries = await self._read(">", cfg.batch_size, cfg.block_ms)
         if not entries:
             return []
-        deadline = time.monotonic() + cfg.max_wait_ms / 1000
-        while len(entries) < cfg.batch_size and not stop.is_set():
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            more = await self._read(">", cfg.batch_size - len(entries), left_ms)
+        if not self._backlog and cfg.max_wait_ms > 0:
+            # Caught up: let the batch fill by sleeping through the window. A blocking read
+            # per arrival instead cost one XREADGROUP over every stream per one or two
+            # events (decision 25).
+            await _sleep(stop, cfg.max_wait_ms / 1000)
+        while len(entries) < cfg.batch_size:
+            more = await self._read(">", cfg.batch_size - len(entries), None)
             if not more:
                 break
             entries.extend(more)
@@ -161,7 +169,10 @@ class WriteBehind:
             block=block_ms,
         )
         out: list[Entry] = []
+        self._backlog = False
         for stream, messages in res or []:
+            # a stream that filled its share may hold more: no reason to wait for it
+            self._backlog = self._backlog or len(messages) >= per_stream
             for msg_id, fields in messages:
                 out.append((str(stream), str(msg_id), fields or None))
         return out
@@ -259,10 +270,9 @@ class WriteBehind:
             by_stream.setdefault(stream, []).append(msg_id)
         if not by_stream:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, GROUP, *ids)
-            await pipe.execute()
+        await asyncio.gather(
+            *(self.calls.call("XACK", stream, GROUP, *ids) for stream, ids in by_stream.items())
+        )
 
     async def _refused(self, entry: Entry, error: str) -> None:
         stream, msg_id, _ = entry
@@ -333,8 +343,12 @@ class WriteBehind:
                 add(keys.payment(txnid), cfg.failed_retention_s)
         for booking_id in rows.bookings:
             add(keys.booking(booking_id), cfg.retention_s)
-        for ks, ttls in by_tag.values():
-            await self.retain_script(keys=ks, args=ttls)
+        await asyncio.gather(
+            *(
+                evalsha(self.calls, self.retain_sha, self.retain_text, ks, list(ttls))
+                for ks, ttls in by_tag.values()
+            )
+        )
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
