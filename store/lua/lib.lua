@@ -29,19 +29,43 @@ local function save(key, t)
   redis.call('HSET', key, unpack(flatten(t)))
 end
 
--- One cjson.encode per entity: encoding field by field cost Redis about 80 us per settle.
+-- One cjson.encode per entity, the items (already JSON text) spliced in as they are:
+-- encoding field by field, or decoding and encoding the items again, cost Redis tens of
+-- microseconds per state change (decision 25).
 local function to_json(t)
-  local doc = {}
+  local doc, items = {}, nil
   for k, v in pairs(t) do
-    if NUMERIC[k] then
+    if RAW_JSON[k] then
+      items = v
+    elseif NUMERIC[k] then
       doc[k] = tonumber(v)
-    elseif RAW_JSON[k] then
-      doc[k] = cjson.decode(v)
     else
       doc[k] = tostring(v)
     end
   end
-  return cjson.encode(doc)
+  local text = cjson.encode(doc)
+  if items == nil then return text end
+  if text == '{}' then return '{"items":' .. items .. '}' end
+  return '{"items":' .. items .. ',' .. string.sub(text, 2)
+end
+
+-- HSET only the named fields of t (the ones a step changed).
+local function save_fields(key, t, names)
+  local args = {}
+  for _, name in ipairs(names) do
+    args[#args + 1] = name
+    args[#args + 1] = tostring(t[name])
+  end
+  redis.call('HSET', key, unpack(args))
+end
+
+-- The fields of a payment the gateway reads back from a settlement.
+local function brief(payment)
+  return {
+    'txnid', payment.txnid, 'cart_id', payment.cart_id, 'status', payment.status,
+    'booking_id', payment.booking_id or '', 'refund_required', tostring(payment.refund_required),
+    'reason', payment.reason or '',
+  }
 end
 
 -- ACTIVE/CHECKOUT carts past expires_at are EXPIRED, whatever the stored field says.

@@ -11,7 +11,8 @@
 -- ARGV[4] currency claimed ('' = not carried), ARGV[5] provider order ref the signature
 -- covers ('' = none), ARGV[6] provider payment id, ARGV[7] failure reason, ARGV[8] now (ms),
 -- ARGV[9] booking id
--- Returns {'notfound'} | {'mismatch', field} | {'done', flat payment, applied '1' | '0'};
+-- Returns {'notfound'} | {'mismatch', field} | {'done', flat brief payment (txnid, cart_id,
+-- status, booking_id, refund_required, reason), applied '1' | '0'};
 -- emits payment.succeeded, payment.refund_required or payment.failed.
 local cart_key, pay_key, booking_key, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local outcome, now = ARGV[1], tonumber(ARGV[8])
@@ -23,7 +24,7 @@ if ARGV[3] ~= '' and payment.amount ~= ARGV[3] then return { 'mismatch', 'amount
 if ARGV[4] ~= '' and payment.currency ~= ARGV[4] then return { 'mismatch', 'currency' } end
 
 if payment.status == 'SUCCESS' or (outcome == 'failure' and payment.status == 'FAILED') then
-  return { 'done', flatten(payment), '0' }
+  return { 'done', brief(payment), '0' }
 end
 
 payment.rev = tonumber(payment.rev) + 1
@@ -33,19 +34,23 @@ local cart = hload(cart_key)
 if outcome == 'failure' then
   payment.status = 'FAILED'
   payment.reason = ARGV[7]
-  save(pay_key, payment)
+  save_fields(pay_key, payment, { 'status', 'reason', 'rev', 'updated_at' })
   local entities = { { 'payment', payment } }
   if cart and cart.txnid == payment.txnid and effective_status(cart, now) == 'CHECKOUT' then
     cart.status = 'ACTIVE'
     cart.rev = tonumber(cart.rev) + 1
     cart.updated_at = now
-    save(cart_key, cart)
+    save_fields(cart_key, cart, { 'status', 'rev', 'updated_at' })
     entities[2] = { 'cart', cart }
   end
   emit(stream, 'payment.failed', now, entities)
-  return { 'done', flatten(payment), '1' }
+  return { 'done', brief(payment), '1' }
 end
 
+-- what a success changes in the payment (booking_id stays '' when it makes no booking)
+local PAID_FIELDS = {
+  'status', 'provider_payment_id', 'reason', 'refund_required', 'booking_id', 'rev', 'updated_at',
+}
 payment.status = 'SUCCESS'
 payment.provider_payment_id = ARGV[6]
 payment.reason = ''
@@ -68,9 +73,9 @@ end
 if why then
   payment.refund_required = 1
   payment.reason = why
-  save(pay_key, payment)
+  save_fields(pay_key, payment, PAID_FIELDS)
   emit(stream, 'payment.refund_required', now, { { 'payment', payment } })
-  return { 'done', flatten(payment), '1' }
+  return { 'done', brief(payment), '1' }
 end
 
 local booking = {
@@ -80,13 +85,13 @@ local booking = {
 }
 save(booking_key, booking)
 payment.booking_id = ARGV[9]
-save(pay_key, payment)
+save_fields(pay_key, payment, PAID_FIELDS)
 cart.status = 'CONVERTED'
 cart.txnid = payment.txnid
 cart.rev = tonumber(cart.rev) + 1
 cart.updated_at = now
-save(cart_key, cart)
+save_fields(cart_key, cart, { 'status', 'txnid', 'rev', 'updated_at' })
 redis.call('PERSIST', cart_key)
 emit(stream, 'payment.succeeded', now,
   { { 'payment', payment }, { 'booking', booking }, { 'cart', cart } })
-return { 'done', flatten(payment), '1' }
+return { 'done', brief(payment), '1' }
