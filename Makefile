@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test lint clean system-tools
+.PHONY: run demo test bench lint clean system-tools
 
 # Debian packages some tests and benchmarks use (promtool and prometheus, wrk, Chromium and
 # its driver). Installed when missing and this runs as root with apt-get; otherwise the tests
@@ -21,6 +21,10 @@ test: $(STAMP) system-tools
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The benchmark report (docs/benchmarks.md, benchmarks/results/<date>/); not part of the tests.
+bench: $(STAMP) system-tools
+	PYTHONPATH=. $(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -7,8 +7,10 @@
 and no work at all.
 
 ``sync``: the synchronous design this gateway replaces. The handler verifies the same PayU
-reverse hash, then, in the request, with a blocking driver (psycopg2): BEGIN, SELECT … FOR
-UPDATE the payment, UPDATE it, INSERT the booking, UPDATE the cart, COMMIT, and 303.
+reverse hash, then, in the request, with a blocking driver (psycopg2), on the gateway's own
+tables: BEGIN, SELECT … FOR UPDATE the payment and its cart, UPDATE the payment, INSERT the
+booking (the cart's items copied in), UPDATE the cart, COMMIT, and 303. The checks are the
+gateway's: amount, payment not already paid, cart still CHECKOUT, unexpired and unchanged.
 
 Both fork ``--processes`` processes, each binding its own SO_REUSEPORT socket, like
 ``gateway serve --workers``.
@@ -31,15 +33,6 @@ import tornado.netutil
 import tornado.web
 
 TARGET = "https://merchant.example/ok?txnid={txnid}&booking_id={booking_id}&status=success"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS bl_carts (cart_id text PRIMARY KEY, status text NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS bl_payments (txnid text PRIMARY KEY, cart_id text NOT NULL,
-    amount text NOT NULL, status text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS bl_bookings (booking_id text PRIMARY KEY,
-    cart_id text NOT NULL UNIQUE, txnid text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now());
-"""
 
 
 def reverse_hash(f: dict[str, str], salt: str) -> str:
@@ -68,6 +61,9 @@ class Bare(tornado.web.RequestHandler):
 
 
 class Sync(tornado.web.RequestHandler):
+    """The same settlement the gateway's Lua script makes, in one PostgreSQL transaction, on
+    the gateway's own tables (``gateway migrate``), so both end with the same rows."""
+
     def initialize(self, conn: Any, salt: str) -> None:
         self.conn = conn
         self.salt = salt
@@ -80,30 +76,40 @@ class Sync(tornado.web.RequestHandler):
         txnid = f["txnid"]
         with self.conn, self.conn.cursor() as cur:  # BEGIN … COMMIT
             cur.execute(
-                "SELECT cart_id, amount, status FROM bl_payments WHERE txnid = %s FOR UPDATE",
+                "SELECT p.cart_id, p.amount, p.status, p.cart_version, c.status, c.version, "
+                "c.user_id, c.items::text, c.currency, c.expires_at > now() "
+                "FROM payments p JOIN carts c USING (cart_id) WHERE p.txnid = %s "
+                "FOR UPDATE",
                 (txnid,),
             )
             row = cur.fetchone()
             if row is None:
                 self.send_error(400)
                 return
-            cart_id, amount, status = row
+            cart_id, amount, status, cart_version, cart_status, version = row[:6]
+            user_id, items, currency, live = row[6:]
             booking_id = "b" + cart_id[1:]
-            if status != "SUCCESS" and amount == f["amount"]:
+            paid = int(f["amount"].replace(".", ""))  # "1299.00" -> 129900, as the test sends
+            if status != "SUCCESS" and amount == paid:
+                books = cart_status == "CHECKOUT" and live and version == cart_version
                 cur.execute(
-                    "UPDATE bl_payments SET status = 'SUCCESS', updated_at = now() "
+                    "UPDATE payments SET status = 'SUCCESS', provider_payment_id = %s, "
+                    "booking_id = %s, refund_required = %s, rev = rev + 1, updated_at = now() "
                     "WHERE txnid = %s",
-                    (txnid,),
+                    (f.get("mihpayid"), booking_id if books else None, not books, txnid),
                 )
-                cur.execute(
-                    "INSERT INTO bl_bookings (booking_id, cart_id, txnid) VALUES (%s, %s, %s)",
-                    (booking_id, cart_id, txnid),
-                )
-                cur.execute(
-                    "UPDATE bl_carts SET status = 'CONVERTED', updated_at = now() "
-                    "WHERE cart_id = %s",
-                    (cart_id,),
-                )
+                if books:
+                    cur.execute(
+                        "INSERT INTO bookings (booking_id, cart_id, txnid, user_id, status, "
+                        "items, amount, currency, created_at) "
+                        "VALUES (%s, %s, %s, %s, 'CONFIRMED', %s, %s, %s, now())",
+                        (booking_id, cart_id, txnid, user_id, items, amount, currency),
+                    )
+                    cur.execute(
+                        "UPDATE carts SET status = 'CONVERTED', txnid = %s, rev = rev + 1, "
+                        "updated_at = now() WHERE cart_id = %s",
+                        (txnid, cart_id),
+                    )
         self.redirect(TARGET.format(txnid=txnid, booking_id=booking_id), status=303)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -58,3 +59,13 @@ async def monitor(
             log.warning("queue monitor: redis error", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def loop_lag(metrics: Metrics, stop: asyncio.Event, interval_s: float = 0.05) -> None:
+    """How late the event loop runs a timer: every stall of the loop (a long callback, a
+    garbage collection, the process waiting for a core) delays every request in it."""
+    while not stop.is_set():
+        due = time.monotonic() + interval_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        metrics.loop_lag.observe(max(0.0, time.monotonic() - due))

@@ -150,6 +150,13 @@ class Metrics:
             ("provider",),
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop ran a 50 ms timer, sampled 20 times a second: the time "
+            "every request in the process waited for a stall (callbacks, GC, CPU).",
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
         self.wb_queue_length = Gauge(
             "gateway_writebehind_queue_length",
             "Events not yet acknowledged by the write-behind (pending or not yet delivered).",

@@ -22,7 +22,7 @@ import tornado.netutil
 import uvloop
 
 from gateway.app import make_app, open_stores
-from gateway.background import consumer_name, monitor, writebehind
+from gateway.background import consumer_name, loop_lag, monitor, writebehind
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from handlers.ops import SANDBOX_WARNING
@@ -60,7 +60,10 @@ async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None
         def publish(stats: QueueStats) -> None:
             ctx.queue = stats
 
-        tasks = [asyncio.create_task(monitor(settings, store, metrics, publish, background))]
+        tasks = [
+            asyncio.create_task(monitor(settings, store, metrics, publish, background)),
+            asyncio.create_task(loop_lag(metrics, background)),
+        ]
         if settings.writebehind_in_process:
             worker = writebehind(settings, store, pg, metrics, consumer_name("serve", slot))
             tasks.append(asyncio.create_task(worker.run(background)))
