@@ -89,6 +89,9 @@ class System:
     async def bookings(self) -> int: ...
     async def stop(self) -> None: ...
 
+    async def quiesce(self) -> None:
+        """Wait until the work a run left behind is done."""
+
     def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
@@ -175,6 +178,9 @@ class Gateway(System):
     async def drained(self) -> None:
         while (await queue_stats(self.store.client, self.store.keys, 16)).backlog:
             await asyncio.sleep(0.1)
+
+    async def quiesce(self) -> None:
+        await self.drained()  # the write-behind has written the run's events
 
     async def bookings(self) -> int:
         await self.drained()
@@ -353,70 +359,98 @@ async def one_run(system: System, rate: int, seconds: float) -> tuple[dict[str, 
     s["cpu_us_per_request"] = round(used / max(1, s["completed"]) * 1e6, 1)
     s["status_303"] = result.statuses.get(303, 0)
     s["steal_pct"] = steal_pct(ticks, cpu_ticks())
+    await system.quiesce()  # nothing of this run may load the next system's
     return s, sum(1 for loc in result.locations if "status=success" in loc)
 
 
 async def sweep(
-    system: System,
+    systems: list[System],
     rates: list[int],
     seconds: float,
     admin: str,
     repeats: int = 3,
     warmup: bool = True,
-) -> dict[str, Any]:
-    """Each rate ``repeats`` times; the point reported is the run with the median p99 (the
-    hypervisor steals CPU here in bursts, and one burst decides a single run's p99)."""
-    say(f"{system.name}: starting")
-    await system.start()
-    points: list[dict[str, Any]] = []
-    successes = 0
-    cpu: dict[str, float] = {}
+) -> list[dict[str, Any]]:
+    """Every system at every rate, ``repeats`` runs each; the point reported is the run with
+    the median p99. Interleaved: within each repeat the systems run back to back, so host
+    contention that drifts over minutes (the hypervisor's steal here goes from 1 % to over
+    30 %) falls on all of them alike instead of on whichever ran in a bad stretch."""
+    for system in systems:
+        say(f"{system.name}: starting")
+        await system.start()
+    points: dict[System, list[dict[str, Any]]] = {s: [] for s in systems}
+    successes = dict.fromkeys(systems, 0)
+    active = list(systems)
+    extra: dict[System, dict[str, Any]] = {s: {} for s in systems}
+    made: dict[System, int] = {}
     try:
         if warmup:
-            say(f"{system.name}: warming up ({WARMUP_RATE}/s for {WARMUP_S:g} s, not reported)")
-            _, made = await one_run(system, WARMUP_RATE, WARMUP_S)
-            successes += made
+            for system in systems:
+                say(f"{system.name}: warming up ({WARMUP_RATE}/s for {WARMUP_S:g} s)")
+                _, n = await one_run(system, WARMUP_RATE, WARMUP_S)
+                successes[system] += n
         await checkpoint(admin)
         for rate in rates:
-            runs = []
+            if not active:
+                break
+            runs: dict[System, list[dict[str, Any]]] = {s: [] for s in active}
             for _ in range(repeats):
-                run, made = await one_run(system, rate, seconds)
-                successes += made
-                runs.append(run)
-            runs.sort(key=lambda r: r["p99_ms"])
-            point = {**runs[len(runs) // 2], "runs_p99_ms": [r["p99_ms"] for r in runs]}
-            point["runs_steal_pct"] = [r["steal_pct"] for r in runs]
-            point["errors"] = sum(r["errors"] for r in runs)
-            points.append(point)
-            say(
-                f"{system.name}: {rate}/s -> p50 {point['p50_ms']} ms, p99 {point['p99_ms']} ms "
-                f"(runs {point['runs_p99_ms']}, steal {point['runs_steal_pct']} %), "
-                f"achieved {point['achieved_rate']}/s, {point['errors']} errors"
-            )
-            if point["p50_ms"] > 5 * TARGET_MS or point["achieved_rate"] < 0.9 * rate:
-                break  # saturated: the median request queues, and the queue only grows
-        if isinstance(system, Gateway):
-            cpu["rss_mb_per_process"] = rss_per_process(system.proc.pid)
-        made = await system.bookings()
+                for system in active:
+                    run, n = await one_run(system, rate, seconds)
+                    successes[system] += n
+                    runs[system].append(run)
+            for system in list(active):
+                point = median_point(runs[system])
+                points[system].append(point)
+                say(
+                    f"{system.name}: {rate}/s -> p50 {point['p50_ms']} ms, p99 "
+                    f"{point['p99_ms']} ms (runs {point['runs_p99_ms']}, steal "
+                    f"{point['runs_steal_pct']} %), achieved {point['achieved_rate']}/s, "
+                    f"{point['errors']} errors"
+                )
+                if point["p50_ms"] > 5 * TARGET_MS or point["achieved_rate"] < 0.9 * rate:
+                    active.remove(system)  # saturated: the median request queues
+        for system in systems:
+            if isinstance(system, Gateway):
+                extra[system]["rss_mb_per_process"] = rss_per_process(system.proc.pid)
+            made[system] = await system.bookings()
     finally:
-        await system.stop()
+        for system in systems:
+            await system.stop()
+    return [
+        {
+            "system": system.name,
+            "points": points[system],
+            **rates_within(points[system]),
+            "success_redirects": successes[system],
+            "bookings_in_postgres": made[system],
+            **extra[system],
+        }
+        for system in systems
+    ]
+
+
+def median_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(runs, key=lambda r: r["p99_ms"])
+    point = {**ordered[len(ordered) // 2], "runs_p99_ms": [r["p99_ms"] for r in runs]}
+    point["runs_steal_pct"] = [r["steal_pct"] for r in runs]
+    point["errors"] = sum(r["errors"] for r in runs)
+    return point
+
+
+def rates_within(points: list[dict[str, Any]]) -> dict[str, int]:
     held = [p["p99_ms"] <= TARGET_MS and not p["errors"] for p in points]
-    within = [p["offered_rate"] for p, ok in zip(points, held, strict=True) if ok]
     sustained = 0
     for p, ok in zip(points, held, strict=True):
         if not ok:
             break
         sustained = p["offered_rate"]
     return {
-        "system": system.name,
-        "points": points,
-        "max_rate_within_18ms": max(within or [0]),
-        # every point up to this rate held p99 <= 18 ms (a noisy machine can fail one point
-        # and pass the next; both figures are reported)
+        "max_rate_within_18ms": max(
+            [p["offered_rate"] for p, ok in zip(points, held, strict=True) if ok] or [0]
+        ),
+        # every point up to this rate held (a noisy machine can fail one and pass the next)
         "sustained_rate_within_18ms": sustained,
-        "success_redirects": successes,
-        "bookings_in_postgres": made,
-        **cpu,
     }
 
 
@@ -541,7 +575,7 @@ async def main(args: argparse.Namespace) -> int:
         wanted = {w.strip() for w in args.only.split(",")}
         systems = [s for s in systems if s.name.split()[0].lower() in wanted]
     repeats = 1 if args.quick else args.repeats
-    results = [await sweep(s, rates, args.seconds, admin, repeats, not args.quick) for s in systems]
+    results = await sweep(systems, rates, args.seconds, admin, repeats, not args.quick)
     ok = True
     for r in results:
         if r["bookings_in_postgres"] >= 0 and r["bookings_in_postgres"] != r["success_redirects"]:
@@ -689,10 +723,12 @@ def update_docs(out_dir: Path, table: str, args: argparse.Namespace) -> None:
         f"; {args.processes} processes per system; raw numbers, CSV and plot in "
         f"`benchmarks/results/{out_dir.name}/`). Latency is measured from each request's "
         "intended send time (`benchmarks/openloop.py`), on this same 2-core machine with the "
-        "load generator, Redis and PostgreSQL beside the servers. Each system is warmed up "
-        f"({WARMUP_RATE}/s for {WARMUP_S:g} s, not reported) and starts after a PostgreSQL "
-        f"CHECKPOINT; each rate runs {args.repeats} times and the run with the median p99 "
-        "is the one reported (all runs' p99 and the hypervisor's steal are in sweep.json)."
+        "load generator, Redis and PostgreSQL beside the servers. The three systems run "
+        "side by side and take turns: each rate runs "
+        f"{args.repeats} times for each system, the systems back to back within each round, "
+        "and the run with the median p99 is the one reported (every run's p99 and the "
+        "hypervisor's steal during it are in sweep.json). Each system is warmed up first "
+        f"({WARMUP_RATE}/s for {WARMUP_S:g} s, not reported), then one PostgreSQL CHECKPOINT."
         "\n\n"
         f"{table}\n\n![latency against offered rate](../benchmarks/results/{out_dir.name}/"
         f"latency.png)\n{end}"
