@@ -135,6 +135,10 @@ def _op(
         all_problems[401] = "no `Authorization: Bearer <key>`, or not a configured key"
     if body is not None:
         all_problems.setdefault(413, "the body is larger than the limit (16 KiB)")
+    if tag != "operations":  # every call of the API and the return path goes to Redis
+        all_problems.setdefault(
+            503, "Redis did not answer (or took over 5 s): nothing was changed; try again"
+        )
     answers = {
         **{str(code): answer for code, answer in responses.items()},
         **{str(code): _problem(text) for code, text in all_problems.items()},

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import shutil
+import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -365,3 +367,20 @@ async def make_durable(
         await client.pg.close()
         await client.store.close()
     await drop_keys(REDIS_URL, prefix)
+
+
+@pytest.fixture
+def own_redis() -> Any:
+    """A redis-server of this test's own: (process, port); stopped and removed after."""
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def start(*extra: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+        proc, port_, folder = services.start_redis(list(extra), port=port)
+        started.append((proc, folder))
+        return proc, port_
+
+    yield start
+    for proc, folder in started:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -17,11 +17,12 @@ from pathlib import Path
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
-def _answers(host: str, port: int) -> bool:
+def _answers(host: str, port: int, locked_too: bool = False) -> bool:
+    """Redis answers PING there (``locked_too``: or asks for a password)."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH") if locked_too else b"+PONG")
     except OSError:
         return False
 
@@ -32,11 +33,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_redis(extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int, str]:
-    """A redis-server of the test's own on a free port; returns (process, port, folder)."""
+def start_redis(
+    extra: list[str] | None = None, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A redis-server of the test's own (on ``port``, else a free one); returns (process,
+    port, folder)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     folder = tempfile.mkdtemp(prefix="gw-redis-")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             binary,
@@ -56,7 +60,7 @@ def start_redis(extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes]
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while not _answers("127.0.0.1", port):
+    while not _answers("127.0.0.1", port, locked_too=True):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"redis-server did not start on port {port}")
         time.sleep(0.05)

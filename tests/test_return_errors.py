@@ -184,3 +184,28 @@ async def test_redirect_target_never_from_request(gw, status):
     expected = SUCCESS_URL if status == "success" else FAILURE_URL
     assert resp.headers["Location"].startswith(expected)
     assert "evil" not in resp.headers["Location"]
+
+
+async def test_redis_down_is_a_503_and_the_gateway_recovers(make_gw, own_redis):
+    """Redis killed under a running gateway: every call answers 503 problem+json, nothing
+    half-done; Redis back (empty, its scripts gone): the gateway connects again and loads
+    them by itself."""
+    proc, port = own_redis()
+    gw = await make_gw(redis_url=f"redis://127.0.0.1:{port}/0")
+    cart = await gw.cart_with_items(items=1)
+    payment = await gw.start(cart["cart_id"])
+    proc.kill()
+    proc.wait()
+    for resp in (
+        await gw.payu_return(payment),
+        await gw.fetch("GET", f"/v1/carts/{cart['cart_id']}"),
+    ):
+        assert resp.code == 503, resp.body
+        assert resp.headers["Content-Type"] == "application/problem+json"
+        problem = orjson.loads(resp.body)
+        assert problem["status"] == 503 and "Redis did not answer" in problem["detail"]
+    own_redis(port=port)
+    again = await gw.cart_with_items(items=1)
+    payment = await gw.start(again["cart_id"])
+    done = await gw.payu_return(payment)
+    assert done.code == 303 and "status=success" in done.headers["Location"]

@@ -357,3 +357,26 @@ async def test_claiming_a_single_idle_entry(make_durable):
         stream, GROUP, min="-", max="+", count=10, consumername="alive"
     )
     assert len(mine) == 1
+
+
+async def test_a_batch_fills_by_waiting_not_by_a_read_per_event(make_durable):
+    """Events trickling in: the worker reads a few times per batch window, then sleeps; it
+    used to make one XREADGROUP over every stream per event or two (decision 25)."""
+    gw = await make_durable(max_wait_ms=100)
+    worker = gw.worker
+    reads = 0
+    read = worker._read
+
+    async def counted(*args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    worker._read = counted
+    for _ in range(40):  # one checkout after another: about 5 events each, spread in time
+        await gw.checkouts(1)
+    await gw.drained()
+    events = len(await gw.events())
+    assert events >= 150
+    assert await gw.count("SELECT count(*) FROM bookings") == 40
+    assert reads <= events / 4, (reads, events)
