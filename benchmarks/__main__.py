@@ -48,8 +48,11 @@ from tests.services import free_port, postgres_admin_url, redis_url
 ROOT = Path(__file__).resolve().parent.parent
 SALT, KEY = "bench-salt-0123456789", "benchkey"
 TARGET_MS = 18.0
-RATES = [200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200, 2400, 2800, 3200, 3600]
-RATES += [4000, 4500, 5000, 5500, 6000]
+RATES = [200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2400, 2800, 3200, 3600]
+RATES += [4000, 4500, 5000]
+# A run during which the hypervisor took more than this share of the CPU measures the host,
+# not the system: it is run again (up to STEAL_ATTEMPTS times; all attempts are reported).
+STEAL_LIMIT_PCT, STEAL_ATTEMPTS = 5.0, 3
 WARMUP_RATE, WARMUP_S = 200, 2.0  # connections, caches, JIT-free Python's first paths
 QUICK_RATES = [20, 40]
 DRAIN_ARGS = ("--repeats", "1", "--skip", "methods", "--sizes", "500")
@@ -379,6 +382,7 @@ async def sweep(
         say(f"{system.name}: starting")
         await system.start()
     points: dict[System, list[dict[str, Any]]] = {s: [] for s in systems}
+    disturbed: dict[System, list[dict[str, Any]]] = {s: [] for s in systems}
     successes = dict.fromkeys(systems, 0)
     active = list(systems)
     extra: dict[System, dict[str, Any]] = {s: {} for s in systems}
@@ -396,8 +400,15 @@ async def sweep(
             runs: dict[System, list[dict[str, Any]]] = {s: [] for s in active}
             for _ in range(repeats):
                 for system in active:
-                    run, n = await one_run(system, rate, seconds)
-                    successes[system] += n
+                    for attempt in range(1, STEAL_ATTEMPTS + 1):
+                        run, n = await one_run(system, rate, seconds)
+                        successes[system] += n
+                        run["attempt"] = attempt
+                        if run["steal_pct"] <= STEAL_LIMIT_PCT:
+                            break
+                        disturbed[system].append(run)  # kept in the report, not the point
+                        say(f"{system.name}: {rate}/s run disturbed ({run['steal_pct']} % steal)")
+                    run["disturbed"] = run["steal_pct"] > STEAL_LIMIT_PCT
                     runs[system].append(run)
             for system in list(active):
                 point = median_point(runs[system])
@@ -422,6 +433,7 @@ async def sweep(
             "system": system.name,
             "points": points[system],
             **rates_within(points[system]),
+            "disturbed_runs": disturbed[system],
             "success_redirects": successes[system],
             "bookings_in_postgres": made[system],
             **extra[system],
@@ -435,6 +447,7 @@ def median_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
     point = {**ordered[len(ordered) // 2], "runs_p99_ms": [r["p99_ms"] for r in runs]}
     point["runs_steal_pct"] = [r["steal_pct"] for r in runs]
     point["errors"] = sum(r["errors"] for r in runs)
+    point["disturbed"] = sum(1 for r in runs if r["disturbed"])  # steal above the limit
     return point
 
 
@@ -540,15 +553,17 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     gw, bare, sync = results
     lines = [
         "| system | largest rate with p99 ≤ 18 ms | p99 there | every point held up to | "
-        "CPU µs per request there (the system's processes) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "CPU µs per request there (the system's processes) | reported runs still over the "
+        "steal limit / runs retried for steal |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         at = next((p for p in r["points"] if p["offered_rate"] == r["max_rate_within_18ms"]), None)
         lines.append(
             f"| {r['system']} | {r['max_rate_within_18ms']}/s | "
             f"{at['p99_ms'] if at else '-'} ms | {r['sustained_rate_within_18ms']}/s | "
-            f"{at['cpu_us_per_request'] if at else '-'} |"
+            f"{at['cpu_us_per_request'] if at else '-'} | "
+            f"{sum(p['disturbed'] for p in r['points'])} / {len(r['disturbed_runs'])} |"
         )
     g, b, s = (r["max_rate_within_18ms"] for r in (gw, bare, sync))
     gs, bs, ss = (r["sustained_rate_within_18ms"] for r in (gw, bare, sync))
@@ -727,7 +742,9 @@ def update_docs(out_dir: Path, table: str, args: argparse.Namespace) -> None:
         "side by side and take turns: each rate runs "
         f"{args.repeats} times for each system, the systems back to back within each round, "
         "and the run with the median p99 is the one reported (every run's p99 and the "
-        "hypervisor's steal during it are in sweep.json). Each system is warmed up first "
+        "hypervisor's steal during it are in sweep.json). A run during which the hypervisor "
+        f"took more than {STEAL_LIMIT_PCT:g} % of the CPU is run again, up to "
+        f"{STEAL_ATTEMPTS} attempts (the last column counts both). Each system is warmed up first "
         f"({WARMUP_RATE}/s for {WARMUP_S:g} s, not reported), then one PostgreSQL CHECKPOINT."
         "\n\n"
         f"{table}\n\n![latency against offered rate](../benchmarks/results/{out_dir.name}/"

@@ -60,7 +60,8 @@ class Settings:
     partitions: int
     payu_payment_url: str = "https://secure.payu.in/_payment"
     writebehind: WriteBehindConfig = field(default_factory=WriteBehindConfig)
-    writebehind_in_process: bool = True
+    writebehind_in_process: bool = True  # serve runs the write-behind (decision 30 says where)
+    writebehind_nice: int = 10  # its niceness when it has a process of its own
     ready_max_lag_s: float = 30.0
     ready_fail_on_lag: bool = False
     request_metrics: bool = True
@@ -177,6 +178,7 @@ class Settings:
                 trim_interval_s=env.integer("GATEWAY_WB_TRIM_INTERVAL_S", 10, low=0, high=86400),
             ),
             writebehind_in_process=env.boolean("GATEWAY_WB_IN_PROCESS", True),
+            writebehind_nice=env.integer("GATEWAY_WB_NICE", 10, low=0, high=19),
             ready_max_lag_s=env.integer("GATEWAY_READY_MAX_LAG_S", 30, low=1, high=86400),
             ready_fail_on_lag=env.boolean("GATEWAY_READY_FAIL_ON_LAG", False),
             request_metrics=env.boolean("GATEWAY_REQUEST_METRICS", True),

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -32,8 +33,11 @@ log = logging.getLogger("gateway.server")
 DRAIN_TIMEOUT_S = 10.0
 
 
-async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None:
-    """Run one gateway process until SIGTERM or SIGINT, then drain and close."""
+async def serve(
+    settings: Settings, host: str, port: int, slot: int = 0, writebehind_here: bool = True
+) -> None:
+    """Run one gateway process until SIGTERM or SIGINT, then drain and close.
+    ``writebehind_here``: run a write-behind worker in this process too."""
     async with open_stores(settings) as (store, pg):
         metrics = Metrics()
         app = make_app(settings, store, metrics, pg=pg)
@@ -64,7 +68,7 @@ async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None
             asyncio.create_task(monitor(settings, store, metrics, publish, background)),
             asyncio.create_task(loop_lag(metrics, background)),
         ]
-        if settings.writebehind_in_process:
+        if writebehind_here:
             worker = writebehind(settings, store, pg, metrics, consumer_name("serve", slot))
             tasks.append(asyncio.create_task(worker.run(background)))
         if settings.sandbox:
@@ -77,7 +81,7 @@ async def serve(settings: Settings, host: str, port: int, slot: int = 0) -> None
                 "pid": os.getpid(),
                 "providers": sorted(ctx.checkout.providers),
                 "sandbox": settings.sandbox,
-                "writebehind_in_process": settings.writebehind_in_process,
+                "writebehind_in_process": writebehind_here,
             },
         )
         await stop.wait()
@@ -107,8 +111,24 @@ def freeze_startup_objects() -> None:
 
 
 def run(settings: Settings, host: str, port: int, workers: int) -> int:
-    """``gateway serve``: one process, or a supervisor of ``workers`` processes."""
-    return run_processes(workers, lambda slot: serve(settings, host, port, slot))
+    """``gateway serve``: one process (the write-behind in it), or a supervisor of
+    ``workers`` serving processes and, beside them, one write-behind process at
+    ``GATEWAY_WB_NICE`` (decision 30: in the serving processes, each batch stalled the
+    returns queued behind it)."""
+    wb = settings.writebehind_in_process
+    if workers <= 1:
+        uvloop.run(serve(settings, host, port, 0, writebehind_here=wb))
+        return 0
+
+    def writebehind_process() -> Coroutine[Any, Any, None]:
+        os.nice(settings.writebehind_nice)  # the serving processes come first for the CPU
+        return work(settings, 0, f"{socket.gethostname()}-writebehind")
+
+    return _supervise(
+        workers,
+        lambda slot: serve(settings, host, port, slot, writebehind_here=False),
+        writebehind_process if wb else None,
+    )
 
 
 def run_processes(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -> int:
@@ -128,9 +148,18 @@ def _die_with_parent() -> None:
         pass  # not Linux: the supervisor's SIGTERM forwarding still applies
 
 
-def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -> int:
+def _supervise(
+    workers: int,
+    main: Callable[[int], Coroutine[Any, Any, None]],
+    extra: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """Fork ``main(slot)`` for slots 0..workers-1, and ``extra()`` as slot ``workers`` when
+    given; restart any that dies; forward SIGTERM and SIGINT to all."""
     children: dict[int, int] = {}
     stopping = False
+
+    def target(slot: int) -> Coroutine[Any, Any, None]:
+        return extra() if extra is not None and slot == workers else main(slot)
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -140,7 +169,7 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                uvloop.run(main(slot))
+                uvloop.run(target(slot))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -158,7 +187,7 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for slot in range(workers):
+    for slot in range(workers + (1 if extra is not None else 0)):
         spawn(slot)
     restarts: list[float] = []
     status = 0
@@ -177,7 +206,10 @@ def _supervise(workers: int, main: Callable[[int], Coroutine[Any, Any, None]]) -
 
             # its live gauges go; its counters stay
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-        if os.waitstatus_to_exitcode(code) != 0:
+        exit_code = os.waitstatus_to_exitcode(code)
+        # a child that the SIGTERM we forwarded ended before its handler was in place
+        # (still starting) stopped cleanly too
+        if exit_code != 0 and not (stopping and exit_code == -signal.SIGTERM):
             status = 1
         if not stopping:
             now = time.monotonic()

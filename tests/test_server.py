@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import orjson
@@ -185,3 +187,91 @@ def _alive(pid: int) -> bool:
             return fh.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(c) for c in fh.read().split()]
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rpartition(")")[2].split()[16])
+
+
+def _call(port: int, method: str, path: str, body: dict | None = None, form: bytes | None = None):
+    data = form if form is not None else (orjson.dumps(body) if body is not None else None)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {API_KEY}")
+    request.add_header(
+        "Content-Type", "application/x-www-form-urlencoded" if form else "application/json"
+    )
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=5) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+async def test_workers_have_a_write_behind_process_beside_them(env, prefix, database_url):
+    """--workers 2: two serving processes and one write-behind process at GATEWAY_WB_NICE
+    (decision 30); a return served by either lands in PostgreSQL through it."""
+    import asyncpg
+
+    from tests import payu_sign
+    from tests.conftest import PAYU_SALT
+
+    port = int(env["GATEWAY_PORT"])
+    proc = start({**env, "GATEWAY_DATABASE_URL": database_url}, "--workers", "2")
+    try:
+        await asyncio.to_thread(wait_ready, port, proc)
+        serving = await asyncio.to_thread(worker_pids, port)
+        children = _children(proc.pid)
+        assert len(children) == 3 and serving < set(children)
+        (wb,) = set(children) - serving
+        assert _nice(wb) == 10 and all(_nice(pid) == 0 for pid in serving)
+
+        def checkout() -> str:
+            _, _, raw = _call(port, "POST", "/v1/carts", {"user_id": "u-1", "currency": "INR"})
+            cart_id = orjson.loads(raw)["cart_id"]
+            item = {"service_id": "svc-1", "name": "Cleaning", "unit_amount": 49900, "quantity": 1}
+            _call(port, "POST", f"/v1/carts/{cart_id}/items", item)
+            customer = {"firstname": "Asha", "email": "asha@example.com", "phone": "+919876543210"}
+            _, _, raw = _call(
+                port,
+                "POST",
+                f"/v1/carts/{cart_id}/payments",
+                {"provider": "payu", "customer": customer},
+            )
+            fields = orjson.loads(raw)["redirect"]["fields"]
+            form = urllib.parse.urlencode(payu_sign.response_form(fields, "success", PAYU_SALT))
+            status, headers, _ = _call(port, "POST", "/v1/payments/payu/return", form=form.encode())
+            assert status == 303 and "status=success" in headers["Location"], headers
+            return cart_id
+
+        cart_id = await asyncio.to_thread(checkout)
+        conn = await asyncpg.connect(database_url)
+        try:
+            deadline = time.monotonic() + 15
+            query = "SELECT count(*) FROM bookings WHERE cart_id = $1"
+            while True:
+                with contextlib.suppress(asyncpg.UndefinedTableError):  # not migrated yet
+                    if await conn.fetchval(query, cart_id):
+                        break
+                assert time.monotonic() < deadline, "the booking never reached PostgreSQL"
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
