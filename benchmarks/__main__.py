@@ -1,16 +1,18 @@
-"""``python -m benchmarks``: the open-loop rate sweep of the return endpoint, the gateway
-against its two baselines, with a report.
+"""``python -m benchmarks`` (``make bench``): the open-loop rate sweep of the return
+endpoint, the gateway against its two baselines, with a report.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks [--seconds 5] [--processes 2] [--quick]
+    PYTHONPATH=. .venv/bin/python -m benchmarks [--seconds 5] [--repeats 3] [--processes 2]
+        [--only gateway,bare,synchronous] [--rates 400,800] [--quick] [--label NAME]
 
-For each system (the gateway, bare Tornado, the synchronous PostgreSQL design; the same
-process count for all three) it offers fixed arrival rates to the return endpoint with
-``benchmarks.openloop`` (latency from each request's intended send time), every request a
-correctly signed PayU success for a distinct, pre-created payment. It stops a system's sweep
-once it is saturated. Then it checks that PostgreSQL holds exactly the bookings each run
-made, measures the extra figures (CPU per return, memory), and writes
-``benchmarks/results/<date>/`` (sweep.json, sweep.csv, latency.png, summary.md) and the
-sweep section of docs/benchmarks.md.
+The three systems (``benchmarks/systems.py``; the same process count for all three) run side
+by side and take turns: every rate, ``--repeats`` runs each, with ``benchmarks.openloop``
+(latency from each request's intended send time), every request a correctly signed PayU
+success for a distinct, pre-created payment; the median-p99 run is the point, a run that the
+hypervisor's steal disturbed is run again. A saturated system leaves the sweep. Then it checks
+that PostgreSQL holds exactly the bookings each system made, measures the extra figures
+(drain rate, CPU per return, memory, metrics cost), and writes ``benchmarks/results/<date>/``
+(sweep.json, sweep.csv, latency.png, summary.md) and the sweep section of
+docs/benchmarks.md (``benchmarks/report.py``).
 """
 
 from __future__ import annotations
@@ -21,13 +23,9 @@ import csv
 import datetime
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +33,13 @@ import asyncpg
 import orjson
 
 from benchmarks import metrics_cost, openloop
-from benchmarks.baselines import reverse_hash
-from benchmarks.return_rate import tree_cpu_s, wait_up
+from benchmarks.report import TARGET_MS, extras_table, plot, summary_table, update_docs
+from benchmarks.return_rate import tree_cpu_s
+from benchmarks.systems import ROOT, Bare, Gateway, Sync, System, rss_per_process
 from store import keys as ids
-from store.events import CART_COLUMNS, PAYMENT_COLUMNS
-from store.pg_store import migrate
-from store.queue import queue_stats
 from store.redis_store import RedisStore
-from tests.conftest import db_url
-from tests.services import free_port, postgres_admin_url, redis_url
+from tests.services import postgres_admin_url, redis_url
 
-ROOT = Path(__file__).resolve().parent.parent
-SALT, KEY = "bench-salt-0123456789", "benchkey"
-TARGET_MS = 18.0
 RATES = [200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2400, 2800, 3200, 3600]
 RATES += [4000, 4500, 5000]
 # A run during which the hypervisor took more than this share of the CPU measures the host,
@@ -56,274 +48,10 @@ STEAL_LIMIT_PCT, STEAL_ATTEMPTS = 5.0, 3
 WARMUP_RATE, WARMUP_S = 200, 2.0  # connections, caches, JIT-free Python's first paths
 QUICK_RATES = [20, 40]
 DRAIN_ARGS = ("--repeats", "1", "--skip", "methods", "--sizes", "500")
-# a payment row's provider_ref, provider_payment_id, booking_id, refund_required, reason, rev
-UNPAID = (None, None, None, False, None, 1)
 
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def payu_form(txnid: str, cart_id: str, amount: str) -> bytes:
-    f = {
-        "key": KEY,
-        "txnid": txnid,
-        "amount": amount,
-        "productinfo": f"Booking for cart {cart_id}",
-        "firstname": "Asha",
-        "email": "asha@example.com",
-        "udf1": cart_id,
-        "udf2": "",
-        "udf3": "",
-        "udf4": "",
-        "udf5": "",
-        "status": "success",
-        "mihpayid": "m" + txnid[-8:],
-    }
-    f["hash"] = reverse_hash(f, SALT)
-    return urllib.parse.urlencode(f).encode()
-
-
-class System:
-    name = ""
-
-    async def start(self) -> None: ...
-    async def prepare(self, n: int) -> list[bytes]: ...
-    async def bookings(self) -> int: ...
-    async def stop(self) -> None: ...
-
-    async def quiesce(self) -> None:
-        """Wait until the work a run left behind is done."""
-
-    def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv, *(["--port", str(self.port)] if "--port" not in argv else [])],
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def terminate(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class Gateway(System):
-    name = "gateway"
-
-    def __init__(self, processes: int, admin: str) -> None:
-        self.processes, self.admin = processes, admin
-        self.prefix = f"gwbench-{secrets.token_hex(4)}"
-        self.db = f"gwbench_{secrets.token_hex(4)}"
-        self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
-
-    async def start(self) -> None:
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'CREATE DATABASE "{self.db}"')
-        await conn.close()
-        self.dsn = db_url(self.admin, self.db)
-        await migrate(self.dsn)
-        self.store = await RedisStore.connect(
-            redis_url(), self.prefix, cart_ttl_s=3600, payment_window_s=86400
-        )
-        port = free_port()
-        self.launch(
-            [
-                "-m",
-                "gateway.cli",
-                "--log-level",
-                "WARNING",
-                "serve",
-                "--workers",
-                str(self.processes),
-                "--port",
-                str(port),
-            ],
-            {
-                "GATEWAY_REDIS_URL": redis_url(),
-                "GATEWAY_DATABASE_URL": self.dsn,
-                "GATEWAY_REDIS_PREFIX": self.prefix,
-                "GATEWAY_API_KEYS": "bench-key-0123456789",
-                "GATEWAY_RETURN_SECRET": "bench-return-secret-0123",
-                "GATEWAY_SUCCESS_URL": "https://merchant.example/ok",
-                "GATEWAY_FAILURE_URL": "https://merchant.example/failed",
-                "GATEWAY_PAYU_KEY": KEY,
-                "GATEWAY_PAYU_SALT": SALT,
-                "GATEWAY_DATA_DIR": self.data_dir,
-            },
-        )
-        self.port = port
-        await asyncio.to_thread(wait_up, self.port, self.proc)
-
-    async def prepare(self, n: int) -> list[bytes]:
-        sem = asyncio.Semaphore(64)
-        bodies: list[bytes] = []
-
-        async def one(i: int) -> None:
-            async with sem:
-                cart = await self.store.create_cart(16, f"user-{i}", "INR")
-                cid = cart["cart_id"]
-                await self.store.change_items(cid, "add", "svc-1", "Deep cleaning", 129900, 1)
-                txnid = ids.new_txnid(cid)
-                await self.store.start_payment(cid, txnid, "payu", 2, 129900, "")
-                bodies.append(payu_form(txnid, cid, "1299.00"))
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-        await self.drained()
-        return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
-
-    async def drained(self) -> None:
-        while (await queue_stats(self.store.client, self.store.keys, 16)).backlog:
-            await asyncio.sleep(0.1)
-
-    async def quiesce(self) -> None:
-        await self.drained()  # the write-behind has written the run's events
-
-    async def bookings(self) -> int:
-        await self.drained()
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
-        finally:
-            await conn.close()
-
-    async def stop(self) -> None:
-        self.terminate()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
-            await self.store.client.delete(key)
-        await self.store.close()
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        await conn.close()
-
-
-class Bare(System):
-    name = "bare Tornado"
-
-    def __init__(self, processes: int) -> None:
-        self.processes = processes
-
-    async def start(self) -> None:
-        self.launch(["-m", "benchmarks.baselines", "bare", "--processes", str(self.processes)])
-        await asyncio.to_thread(wait_up_any, self.port, self.proc)
-
-    async def prepare(self, n: int) -> list[bytes]:
-        return [
-            openloop.form_request(
-                "127.0.0.1",
-                "/v1/payments/payu/return",
-                payu_form(f"t{i:022d}", f"c{i:016d}", "1299.00"),
-            )
-            for i in range(n)
-        ]
-
-    async def bookings(self) -> int:
-        return -1  # makes none
-
-    async def stop(self) -> None:
-        self.terminate()
-
-
-class Sync(System):
-    name = "synchronous PostgreSQL"
-
-    def __init__(self, processes: int, admin: str) -> None:
-        self.processes, self.admin = processes, admin
-        self.db = f"gwbench_{secrets.token_hex(4)}"
-        self.made = 0
-
-    async def start(self) -> None:
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'CREATE DATABASE "{self.db}"')
-        await conn.close()
-        self.dsn = db_url(self.admin, self.db)
-        await migrate(self.dsn)  # the gateway's own tables
-        self.launch(
-            [
-                "-m",
-                "benchmarks.baselines",
-                "sync",
-                "--processes",
-                str(self.processes),
-                "--dsn",
-                self.dsn,
-                "--salt",
-                SALT,
-            ]
-        )
-        await asyncio.to_thread(wait_up_any, self.port, self.proc)
-
-    async def prepare(self, n: int) -> list[bytes]:
-        rows = [(f"c{self.made + i:016d}", f"t{self.made + i:022d}") for i in range(n)]
-        self.made += n
-        now = datetime.datetime.now(datetime.UTC)
-        later = now + datetime.timedelta(days=1)
-        items = orjson.dumps(
-            [{"service_id": "svc-1", "name": "Deep cleaning", "unit_amount": 129900, "quantity": 1}]
-        ).decode()
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            # the state the gateway's scripts leave before the return: cart CHECKOUT at
-            # version 2, payment INITIATED for that version
-            await conn.copy_records_to_table(
-                "carts",
-                records=[
-                    (c, f"user-{c}", "INR", "CHECKOUT", items, 129900, 2, None, 3, now, now, later)
-                    for c, _ in rows
-                ],
-                columns=CART_COLUMNS,
-            )
-            await conn.copy_records_to_table(
-                "payments",
-                records=[
-                    (t, c, f"user-{c}", "payu", 129900, "INR", "INITIATED", 2, *UNPAID, now, now)
-                    for c, t in rows
-                ],
-                columns=PAYMENT_COLUMNS,
-            )
-        finally:
-            await conn.close()
-        return [
-            openloop.form_request(
-                "127.0.0.1", "/v1/payments/payu/return", payu_form(t, c, "1299.00")
-            )
-            for c, t in rows
-        ]
-
-    async def bookings(self) -> int:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
-        finally:
-            await conn.close()
-
-    async def stop(self) -> None:
-        self.terminate()
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        await conn.close()
-
-
-def wait_up_any(port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until the port accepts connections (the baselines have no /healthz)."""
-    import socket
-
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the server did not come up")
 
 
 async def checkpoint(admin: str) -> None:
@@ -467,21 +195,6 @@ def rates_within(points: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
-def rss_per_process(pid: int) -> list[float]:
-    out = []
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out.append(round(int(line.split()[1]) / 1024, 1))
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return out
-
-
 async def redis_memory(n: int) -> dict[str, float]:
     """Redis bytes per open cart (2 services) and per completed booking (all it leaves)."""
     prefix = f"gwbench-{secrets.token_hex(4)}"
@@ -512,68 +225,6 @@ async def redis_memory(n: int) -> dict[str, float]:
         async for key in store.client.scan_iter(match=f"{prefix}:*", count=1000):
             await store.client.delete(key)
         await store.close()
-
-
-def plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for r, color in zip(results, ("tab:blue", "tab:gray", "tab:red"), strict=False):
-        rates = [p["offered_rate"] for p in r["points"]]
-        ax.plot(
-            rates, [p["p99_ms"] for p in r["points"]], "o-", color=color, label=f"{r['system']} p99"
-        )
-        ax.plot(
-            rates,
-            [p["p50_ms"] for p in r["points"]],
-            "o--",
-            color=color,
-            alpha=0.6,
-            label=f"{r['system']} p50",
-        )
-    ax.axhline(TARGET_MS, color="black", linestyle=":", label="18 ms objective")
-    ax.set_yscale("log")
-    ax.set_xlabel("offered rate (returns per second, open loop)")
-    ax.set_ylabel("latency from intended send time (ms)")
-    ax.set_title("Return endpoint: latency against offered rate (2 processes each)")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b else "n/a"
-
-
-def summary_table(results: list[dict[str, Any]]) -> str:
-    gw, bare, sync = results
-    lines = [
-        "| system | largest rate with p99 ≤ 18 ms | p99 there | every point held up to | "
-        "CPU µs per request there (the system's processes) | reported runs still over the "
-        "steal limit / runs retried for steal |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in results:
-        at = next((p for p in r["points"] if p["offered_rate"] == r["max_rate_within_18ms"]), None)
-        lines.append(
-            f"| {r['system']} | {r['max_rate_within_18ms']}/s | "
-            f"{at['p99_ms'] if at else '-'} ms | {r['sustained_rate_within_18ms']}/s | "
-            f"{at['cpu_us_per_request'] if at else '-'} | "
-            f"{sum(p['disturbed'] for p in r['points'])} / {len(r['disturbed_runs'])} |"
-        )
-    g, b, s = (r["max_rate_within_18ms"] for r in (gw, bare, sync))
-    gs, bs, ss = (r["sustained_rate_within_18ms"] for r in (gw, bare, sync))
-    lines += [
-        "",
-        f"Largest rates: gateway / bare Tornado **{ratio(g, b)}** (target ≥ 0.5), "
-        f"gateway / synchronous **{ratio(g, s)}** (target ≥ 5). "
-        f"Every-point-held rates: **{ratio(gs, bs)}** and **{ratio(gs, ss)}**.",
-    ]
-    return "\n".join(lines)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -678,8 +329,23 @@ async def main(args: argparse.Namespace) -> int:
     say(f"wrote {out_dir}")
     print(table)
     if not args.quick:
-        update_docs(out_dir, table, args)
+        update_docs(out_dir, table, args, method_text(args))
     return 0 if ok else 1
+
+
+def method_text(args: argparse.Namespace) -> str:
+    return (
+        "Latency is measured from each request's intended send time (`benchmarks/openloop.py`), "
+        "on this same 2-core machine with the load generator, Redis and PostgreSQL beside the "
+        "servers. The three systems run side by side and take turns: each rate runs "
+        f"{args.repeats} times for each system, the systems back to back within each round, "
+        "and the run with the median p99 is the one reported (every run's p99 and the "
+        "hypervisor's steal during it are in sweep.json). A run during which the hypervisor "
+        f"took more than {STEAL_LIMIT_PCT:g} % of the CPU is run again, up to "
+        f"{STEAL_ATTEMPTS} attempts (the last column counts both). Each system is warmed up "
+        f"first ({WARMUP_RATE}/s for {WARMUP_S:g} s, not reported), then one PostgreSQL "
+        "CHECKPOINT."
+    )
 
 
 def drain_rate(checkouts: int) -> dict[str, Any]:
@@ -701,60 +367,6 @@ def drain_rate(checkouts: int) -> dict[str, Any]:
     )
     drained: dict[str, Any] = orjson.loads(out.stdout)["drain"][0]
     return drained
-
-
-def extras_table(extras: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    d, m, mem = extras["writebehind_drain"], extras["metrics_us_per_return"], extras["redis_memory"]
-    gw_rate = results[0]["max_rate_within_18ms"] or results[0]["points"][0]["offered_rate"]
-    rss = ", ".join(f"{x} MB" for x in extras["gateway_rss_mb_per_process"])
-    return "\n".join(
-        [
-            "| figure | value |",
-            "| --- | ---: |",
-            f"| write-behind drain rate (one worker, batch 500) | {d['events_per_s']:,} events/s "
-            f"({d['cpu_ms_per_1000_events']} ms CPU per 1,000 events) |",
-            f"| drain rate / the gateway's largest rate within 18 ms (1 event per return) | "
-            f"{d['events_per_s'] / gw_rate:.1f} times |",
-            f"| gateway CPU per return at that rate (its processes, write-behind included) | "
-            f"{extras['gateway_cpu_us_per_return']} µs |",
-            f"| gateway resident memory per process (supervisor first) | {rss} |",
-            f"| Redis memory per open cart (2 services) | {mem['bytes_per_open_cart']} B |",
-            f"| Redis memory per completed booking (cart, payment, booking, events) | "
-            f"{mem['bytes_per_completed_booking_with_events']} B |",
-            f"| metrics work per return, single process / multiprocess | "
-            f"{m['single-process']} / {m['multiprocess']} µs |",
-        ]
-    )
-
-
-def update_docs(out_dir: Path, table: str, args: argparse.Namespace) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text()
-    start, end = "<!-- sweep:start -->", "<!-- sweep:end -->"
-    section = (
-        f"{start}\n## Open-loop rate sweep of the return endpoint ({out_dir.name})\n\n"
-        f"`make bench` (`PYTHONPATH=. .venv/bin/python -m benchmarks --seconds {args.seconds:g} "
-        f"--repeats {args.repeats}`"
-        f"; {args.processes} processes per system; raw numbers, CSV and plot in "
-        f"`benchmarks/results/{out_dir.name}/`). Latency is measured from each request's "
-        "intended send time (`benchmarks/openloop.py`), on this same 2-core machine with the "
-        "load generator, Redis and PostgreSQL beside the servers. The three systems run "
-        "side by side and take turns: each rate runs "
-        f"{args.repeats} times for each system, the systems back to back within each round, "
-        "and the run with the median p99 is the one reported (every run's p99 and the "
-        "hypervisor's steal during it are in sweep.json). A run during which the hypervisor "
-        f"took more than {STEAL_LIMIT_PCT:g} % of the CPU is run again, up to "
-        f"{STEAL_ATTEMPTS} attempts (the last column counts both). Each system is warmed up first "
-        f"({WARMUP_RATE}/s for {WARMUP_S:g} s, not reported), then one PostgreSQL CHECKPOINT."
-        "\n\n"
-        f"{table}\n\n![latency against offered rate](../benchmarks/results/{out_dir.name}/"
-        f"latency.png)\n{end}"
-    )
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    doc.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,315 @@
+"""The three systems the sweep compares, each started as 2 (``--processes``) processes with
+their own SO_REUSEPORT sockets: the gateway (``gateway serve``), bare Tornado and the
+synchronous PostgreSQL design (``benchmarks.baselines``). Each prepares its own payments and
+counts the bookings it made."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from benchmarks import openloop
+from benchmarks.baselines import reverse_hash
+from benchmarks.return_rate import wait_up
+from store import keys as ids
+from store.events import CART_COLUMNS, PAYMENT_COLUMNS
+from store.pg_store import migrate
+from store.queue import queue_stats
+from store.redis_store import RedisStore
+from tests.conftest import db_url
+from tests.services import free_port, redis_url
+
+ROOT = Path(__file__).resolve().parent.parent
+SALT, KEY = "bench-salt-0123456789", "benchkey"
+# a payment row's provider_ref, provider_payment_id, booking_id, refund_required, reason, rev
+UNPAID = (None, None, None, False, None, 1)
+
+
+def payu_form(txnid: str, cart_id: str, amount: str) -> bytes:
+    f = {
+        "key": KEY,
+        "txnid": txnid,
+        "amount": amount,
+        "productinfo": f"Booking for cart {cart_id}",
+        "firstname": "Asha",
+        "email": "asha@example.com",
+        "udf1": cart_id,
+        "udf2": "",
+        "udf3": "",
+        "udf4": "",
+        "udf5": "",
+        "status": "success",
+        "mihpayid": "m" + txnid[-8:],
+    }
+    f["hash"] = reverse_hash(f, SALT)
+    return urllib.parse.urlencode(f).encode()
+
+
+class System:
+    name = ""
+
+    async def start(self) -> None: ...
+    async def prepare(self, n: int) -> list[bytes]: ...
+    async def bookings(self) -> int: ...
+    async def stop(self) -> None: ...
+
+    async def quiesce(self) -> None:
+        """Wait until the work a run left behind is done."""
+
+    def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv, *(["--port", str(self.port)] if "--port" not in argv else [])],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Gateway(System):
+    name = "gateway"
+
+    def __init__(self, processes: int, admin: str) -> None:
+        self.processes, self.admin = processes, admin
+        self.prefix = f"gwbench-{secrets.token_hex(4)}"
+        self.db = f"gwbench_{secrets.token_hex(4)}"
+        self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'CREATE DATABASE "{self.db}"')
+        await conn.close()
+        self.dsn = db_url(self.admin, self.db)
+        await migrate(self.dsn)
+        self.store = await RedisStore.connect(
+            redis_url(), self.prefix, cart_ttl_s=3600, payment_window_s=86400
+        )
+        port = free_port()
+        self.launch(
+            [
+                "-m",
+                "gateway.cli",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--workers",
+                str(self.processes),
+                "--port",
+                str(port),
+            ],
+            {
+                "GATEWAY_REDIS_URL": redis_url(),
+                "GATEWAY_DATABASE_URL": self.dsn,
+                "GATEWAY_REDIS_PREFIX": self.prefix,
+                "GATEWAY_API_KEYS": "bench-key-0123456789",
+                "GATEWAY_RETURN_SECRET": "bench-return-secret-0123",
+                "GATEWAY_SUCCESS_URL": "https://merchant.example/ok",
+                "GATEWAY_FAILURE_URL": "https://merchant.example/failed",
+                "GATEWAY_PAYU_KEY": KEY,
+                "GATEWAY_PAYU_SALT": SALT,
+                "GATEWAY_DATA_DIR": self.data_dir,
+            },
+        )
+        self.port = port
+        await asyncio.to_thread(wait_up, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        sem = asyncio.Semaphore(64)
+        bodies: list[bytes] = []
+
+        async def one(i: int) -> None:
+            async with sem:
+                cart = await self.store.create_cart(16, f"user-{i}", "INR")
+                cid = cart["cart_id"]
+                await self.store.change_items(cid, "add", "svc-1", "Deep cleaning", 129900, 1)
+                txnid = ids.new_txnid(cid)
+                await self.store.start_payment(cid, txnid, "payu", 2, 129900, "")
+                bodies.append(payu_form(txnid, cid, "1299.00"))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        await self.drained()
+        return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
+
+    async def drained(self) -> None:
+        while (await queue_stats(self.store.client, self.store.keys, 16)).backlog:
+            await asyncio.sleep(0.1)
+
+    async def quiesce(self) -> None:
+        await self.drained()  # the write-behind has written the run's events
+
+    async def bookings(self) -> int:
+        await self.drained()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        self.terminate()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            await self.store.client.delete(key)
+        await self.store.close()
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        await conn.close()
+
+
+class Bare(System):
+    name = "bare Tornado"
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+
+    async def start(self) -> None:
+        self.launch(["-m", "benchmarks.baselines", "bare", "--processes", str(self.processes)])
+        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        return [
+            openloop.form_request(
+                "127.0.0.1",
+                "/v1/payments/payu/return",
+                payu_form(f"t{i:022d}", f"c{i:016d}", "1299.00"),
+            )
+            for i in range(n)
+        ]
+
+    async def bookings(self) -> int:
+        return -1  # makes none
+
+    async def stop(self) -> None:
+        self.terminate()
+
+
+class Sync(System):
+    name = "synchronous PostgreSQL"
+
+    def __init__(self, processes: int, admin: str) -> None:
+        self.processes, self.admin = processes, admin
+        self.db = f"gwbench_{secrets.token_hex(4)}"
+        self.made = 0
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'CREATE DATABASE "{self.db}"')
+        await conn.close()
+        self.dsn = db_url(self.admin, self.db)
+        await migrate(self.dsn)  # the gateway's own tables
+        self.launch(
+            [
+                "-m",
+                "benchmarks.baselines",
+                "sync",
+                "--processes",
+                str(self.processes),
+                "--dsn",
+                self.dsn,
+                "--salt",
+                SALT,
+            ]
+        )
+        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        rows = [(f"c{self.made + i:016d}", f"t{self.made + i:022d}") for i in range(n)]
+        self.made += n
+        now = datetime.datetime.now(datetime.UTC)
+        later = now + datetime.timedelta(days=1)
+        items = orjson.dumps(
+            [{"service_id": "svc-1", "name": "Deep cleaning", "unit_amount": 129900, "quantity": 1}]
+        ).decode()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            # the state the gateway's scripts leave before the return: cart CHECKOUT at
+            # version 2, payment INITIATED for that version
+            await conn.copy_records_to_table(
+                "carts",
+                records=[
+                    (c, f"user-{c}", "INR", "CHECKOUT", items, 129900, 2, None, 3, now, now, later)
+                    for c, _ in rows
+                ],
+                columns=CART_COLUMNS,
+            )
+            await conn.copy_records_to_table(
+                "payments",
+                records=[
+                    (t, c, f"user-{c}", "payu", 129900, "INR", "INITIATED", 2, *UNPAID, now, now)
+                    for c, t in rows
+                ],
+                columns=PAYMENT_COLUMNS,
+            )
+        finally:
+            await conn.close()
+        return [
+            openloop.form_request(
+                "127.0.0.1", "/v1/payments/payu/return", payu_form(t, c, "1299.00")
+            )
+            for c, t in rows
+        ]
+
+    async def bookings(self) -> int:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        self.terminate()
+        conn = await asyncpg.connect(self.admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        await conn.close()
+
+
+def wait_up_any(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the port accepts connections (the baselines have no /healthz)."""
+    import socket
+
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the server did not come up")
+
+
+def rss_per_process(pid: int) -> list[float]:
+    out = []
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(round(int(line.split()[1]) / 1024, 1))
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return out
