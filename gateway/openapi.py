@@ -137,7 +137,10 @@ def _op(
         all_problems.setdefault(413, "the body is larger than the limit (16 KiB)")
     if tag != "operations":  # every call of the API and the return path goes to Redis
         all_problems.setdefault(
-            503, "Redis did not answer (or took over 5 s): nothing was changed; try again"
+            503,
+            "Redis did not answer (or took over 5 s); a state change applied whole or not at "
+            "all, its answer possibly lost: a retried return or webhook is answered as a "
+            "replay, a cart change should be retried after reading the cart",
         )
     answers = {
         **{str(code): answer for code, answer in responses.items()},
