@@ -160,10 +160,10 @@ class RedisStore:
         cart_ttl_s: int,
         payment_window_s: int,
         attempts: int = 5,
-        fast: bool = True,
     ) -> RedisStore:
-        """Connect, retrying with backoff, and load the scripts. ``fast=False`` sends the
-        request path's calls through redis-py too (the fallback for TLS URLs)."""
+        """Connect, retrying with backoff, and load the scripts. The request path's calls go
+        through one pipelined connection, or through redis-py for a URL that connection does
+        not take (TLS, query options)."""
         client = Redis.from_url(
             url,
             decode_responses=True,
@@ -173,7 +173,7 @@ class RedisStore:
             # fails its command, which the retry takes on a fresh one
             max_connections=256,
         )
-        calls = RespClient.from_url(url, timeout=5, connect_timeout=2) if fast else None
+        calls = RespClient.from_url(url, timeout=5, connect_timeout=2)
         store = cls(
             client,
             Keys(prefix),
