@@ -38,6 +38,34 @@ SALT, KEY = "bench-salt-0123456789", "benchkey"
 UNPAID = (None, None, None, False, None, 1)
 
 
+async def create_database(admin: str, name: str) -> str:
+    """A new database with the gateway's schema (``gateway migrate``); its URL."""
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = db_url(admin, name)
+    await migrate(dsn)
+    return dsn
+
+
+async def drop_database(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def count_bookings(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM bookings"))
+    finally:
+        await conn.close()
+
+
 def payu_form(txnid: str, cart_id: str, amount: str) -> bytes:
     f = {
         "key": KEY,
@@ -98,11 +126,7 @@ class Gateway(System):
         self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
 
     async def start(self) -> None:
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'CREATE DATABASE "{self.db}"')
-        await conn.close()
-        self.dsn = db_url(self.admin, self.db)
-        await migrate(self.dsn)
+        self.dsn = await create_database(self.admin, self.db)
         self.store = await RedisStore.connect(
             redis_url(), self.prefix, cart_ttl_s=3600, payment_window_s=86400
         )
@@ -161,11 +185,7 @@ class Gateway(System):
 
     async def bookings(self) -> int:
         await self.drained()
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
-        finally:
-            await conn.close()
+        return await count_bookings(self.dsn)
 
     async def stop(self) -> None:
         self.terminate()
@@ -173,9 +193,7 @@ class Gateway(System):
         async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
             await self.store.client.delete(key)
         await self.store.close()
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(self.admin, self.db)
 
 
 class Bare(System):
@@ -214,11 +232,7 @@ class Sync(System):
         self.made = 0
 
     async def start(self) -> None:
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'CREATE DATABASE "{self.db}"')
-        await conn.close()
-        self.dsn = db_url(self.admin, self.db)
-        await migrate(self.dsn)  # the gateway's own tables
+        self.dsn = await create_database(self.admin, self.db)  # the gateway's own tables
         self.launch(
             [
                 "-m",
@@ -272,17 +286,11 @@ class Sync(System):
         ]
 
     async def bookings(self) -> int:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM bookings"))
-        finally:
-            await conn.close()
+        return await count_bookings(self.dsn)
 
     async def stop(self) -> None:
         self.terminate()
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(self.admin, self.db)
 
 
 def wait_up_any(port: int, proc: subprocess.Popen[bytes]) -> None:
