@@ -89,6 +89,20 @@ async def make_payments(store: RedisStore, n: int, partitions: int) -> list[str]
     return bodies
 
 
+def serve_args(workers: int, *extra: str) -> list[str]:
+    """``python`` arguments that run ``gateway serve`` quietly with ``workers`` processes."""
+    return [
+        "-m",
+        "gateway.cli",
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--workers",
+        str(workers),
+        *extra,
+    ]
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and its children, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -149,16 +163,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     store = await RedisStore.connect(redis_url(), prefix, cart_ttl_s=3600, payment_window_s=86400)
     folder = tempfile.mkdtemp(prefix="gw-bench-")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--log-level",
-            "WARNING",
-            "serve",
-            "--workers",
-            str(args.workers),
-        ],
+        [sys.executable, *serve_args(args.workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(folder, "log"), "w"),  # noqa: SIM115

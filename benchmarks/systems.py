@@ -23,7 +23,8 @@ import orjson
 
 from benchmarks import openloop
 from benchmarks.baselines import reverse_hash
-from benchmarks.return_rate import wait_up
+from benchmarks.return_rate import serve_args, wait_up
+from benchmarks.writebehind import create_db, drop_db
 from store import keys as ids
 from store.events import CART_COLUMNS, PAYMENT_COLUMNS
 from store.pg_store import migrate
@@ -40,22 +41,10 @@ UNPAID = (None, None, None, False, None, 1)
 
 async def create_database(admin: str, name: str) -> str:
     """A new database with the gateway's schema (``gateway migrate``); its URL."""
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await create_db(admin, name)
     dsn = db_url(admin, name)
     await migrate(dsn)
     return dsn
-
-
-async def drop_database(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def count_bookings(dsn: str) -> int:
@@ -132,17 +121,7 @@ class Gateway(System):
         )
         port = free_port()
         self.launch(
-            [
-                "-m",
-                "gateway.cli",
-                "--log-level",
-                "WARNING",
-                "serve",
-                "--workers",
-                str(self.processes),
-                "--port",
-                str(port),
-            ],
+            serve_args(self.processes, "--port", str(port)),
             {
                 "GATEWAY_REDIS_URL": redis_url(),
                 "GATEWAY_DATABASE_URL": self.dsn,
@@ -193,7 +172,7 @@ class Gateway(System):
         async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
             await self.store.client.delete(key)
         await self.store.close()
-        await drop_database(self.admin, self.db)
+        await drop_db(self.admin, self.db)
 
 
 class Bare(System):
@@ -290,7 +269,7 @@ class Sync(System):
 
     async def stop(self) -> None:
         self.terminate()
-        await drop_database(self.admin, self.db)
+        await drop_db(self.admin, self.db)
 
 
 def wait_up_any(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -162,7 +162,7 @@ async def bench_drain(
     streams = [store.keys.stream(p) for p in range(partitions)]
     for size in SIZES:
         name = f"gwbench_{secrets.token_hex(4)}"
-        await _create_db(admin, name)
+        await create_db(admin, name)
         dsn = db_url(admin, name)
         try:
             await migrate(dsn)
@@ -201,11 +201,12 @@ async def bench_drain(
                 file=sys.stderr,
             )
         finally:
-            await _drop_db(admin, name)
+            await drop_db(admin, name)
     return results
 
 
-async def _create_db(admin: str, name: str) -> None:
+async def create_db(admin: str, name: str) -> None:
+    """A new, empty database (the benchmarks each make their own)."""
     conn = await asyncpg.connect(admin)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -213,7 +214,7 @@ async def _create_db(admin: str, name: str) -> None:
         await conn.close()
 
 
-async def _drop_db(admin: str, name: str) -> None:
+async def drop_db(admin: str, name: str) -> None:
     conn = await asyncpg.connect(admin)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -240,12 +241,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         drain: list[dict[str, Any]] = []
         if args.skip != "methods":
             name = f"gwbench_{secrets.token_hex(4)}"
-            await _create_db(admin, name)
+            await create_db(admin, name)
             try:
                 await migrate(db_url(admin, name))
                 methods = await bench_methods(db_url(admin, name), events, args.repeats)
             finally:
-                await _drop_db(admin, name)
+                await drop_db(admin, name)
         if args.skip != "drain":
             drain = await bench_drain(store, partitions, admin, len(events))
         return {
