@@ -1,11 +1,13 @@
 """``python -m benchmarks`` (``make bench``): the open-loop rate sweep of the return
-endpoint, the gateway against its two baselines, with a report.
+endpoint, the gateway against its two baselines and the hot-path prototype, with a report.
 
     PYTHONPATH=. .venv/bin/python -m benchmarks [--seconds 5] [--repeats 3] [--processes 2]
-        [--only gateway,bare,synchronous] [--rates 400,800] [--quick] [--label NAME]
+        [--only gateway,bare,synchronous,hotpath] [--rates 400,800] [--quick] [--label NAME]
+        [--redis unix|tcp]
 
-The three systems (``benchmarks/systems.py``; the same process count for all three) run side
-by side and take turns: every rate, ``--repeats`` runs each, with ``benchmarks.openloop``
+The systems (``benchmarks/systems.py``: the gateway, bare Tornado, the synchronous design
+and the hot-path prototype; the same process count for all) run side by side and take
+turns: every rate, ``--repeats`` runs each, with ``benchmarks.openloop``
 (latency from each request's intended send time), every request a correctly signed PayU
 success for a distinct, pre-created payment; the median-p99 run is the point, a run that the
 hypervisor's steal disturbed is run again. A saturated system leaves the sweep. Then it checks
@@ -35,7 +37,16 @@ import orjson
 from benchmarks import metrics_cost, openloop
 from benchmarks.report import TARGET_MS, extras_table, plot, summary_table, update_docs
 from benchmarks.return_rate import tree_cpu_s
-from benchmarks.systems import ROOT, Bare, Gateway, Sync, System, rss_per_process
+from benchmarks.systems import (
+    ROOT,
+    Bare,
+    Gateway,
+    HotPath,
+    SweepRedis,
+    Sync,
+    System,
+    rss_per_process,
+)
 from store import keys as ids
 from store.redis_store import RedisStore
 from tests.services import postgres_admin_url, redis_url
@@ -159,6 +170,7 @@ async def sweep(
     return [
         {
             "system": system.name,
+            "key": system.key,
             "points": points[system],
             **rates_within(points[system]),
             "disturbed_runs": disturbed[system],
@@ -232,16 +244,23 @@ async def main(args: argparse.Namespace) -> int:
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
     admin = postgres_admin_url()
+    sweep_redis = SweepRedis(args.redis)
+    url = sweep_redis.start()
+    say(f"the gateway's and the prototype's Redis: {sweep_redis.how} ({url})")
     systems: list[System] = [
-        Gateway(args.processes, admin),
+        Gateway(args.processes, admin, url),
         Bare(args.processes),
         Sync(args.processes, admin),
+        HotPath(args.processes, url),
     ]
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
-        systems = [s for s in systems if s.name.split()[0].lower() in wanted]
+        systems = [s for s in systems if s.key in wanted]
     repeats = 1 if args.quick else args.repeats
-    results = await sweep(systems, rates, args.seconds, admin, repeats, not args.quick)
+    try:
+        results = await sweep(systems, rates, args.seconds, admin, repeats, not args.quick)
+    finally:
+        sweep_redis.stop()
     ok = True
     for r in results:
         if r["bookings_in_postgres"] >= 0 and r["bookings_in_postgres"] != r["success_redirects"]:
@@ -255,7 +274,7 @@ async def main(args: argparse.Namespace) -> int:
                 f"{r['system']}: PostgreSQL holds exactly the {r['bookings_in_postgres']} "
                 "bookings the run made"
             )
-    if len(results) != 3:  # --only: print, write nothing
+    if args.only:  # print, write nothing
         for r in results:
             print(orjson.dumps(r, option=orjson.OPT_INDENT_2).decode())
         return 0 if ok else 1
@@ -287,6 +306,7 @@ async def main(args: argparse.Namespace) -> int:
         "runs_per_point": 1 if args.quick else args.repeats,
         "processes": args.processes,
         "machine": {"cpus": os.cpu_count()},
+        "redis": sweep_redis.how,
         "results": results,
         "redis_memory": memory,
         "extras": extras,
@@ -337,7 +357,7 @@ def method_text(args: argparse.Namespace) -> str:
     return (
         "Latency is measured from each request's intended send time (`benchmarks/openloop.py`), "
         "on this same 2-core machine with the load generator, Redis and PostgreSQL beside the "
-        "servers. The three systems run side by side and take turns: each rate runs "
+        "servers. The systems run side by side and take turns: each rate runs "
         f"{args.repeats} times for each system, the systems back to back within each round, "
         "and the run with the median p99 is the one reported (every run's p99 and the "
         "hypervisor's steal during it are in sweep.json). A run during which the hypervisor "
@@ -374,12 +394,19 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per rate (median p99)")
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--redis",
+        choices=["unix", "tcp"],
+        default="unix",
+        help="the gateway's Redis: a redis-server of the sweep's own on a Unix socket "
+        "(default), or the local one over TCP",
+    )
     parser.add_argument("--quick", action="store_true", help="two low rates, for the smoke test")
     parser.add_argument("--label", help="results folder name (default: today's date)")
     parser.add_argument("--rates", help="offered rates, comma separated (default: the sweep)")
     parser.add_argument(
         "--only",
-        help="some systems only (gateway,bare,synchronous); the "
+        help="some systems only (gateway,bare,synchronous,hotpath); the "
         "report and docs are written only for a full run",
     )
     import uvloop

@@ -2,6 +2,7 @@
 
     python -m benchmarks.baselines bare --port P [--processes 2]
     python -m benchmarks.baselines sync --port P --dsn DSN --salt SALT [--processes 2]
+    python -m benchmarks.baselines hotpath --port P --redis URL --prefix P --salt SALT
 
 ``bare``: the framework's ceiling. A Tornado handler answering the return with the same 303
 and no work at all.
@@ -12,7 +13,14 @@ tables: BEGIN, SELECT … FOR UPDATE the payment and its cart, UPDATE the paymen
 booking (the cart's items copied in), UPDATE the cart, COMMIT, and 303. The checks are the
 gateway's: amount, payment not already paid, cart still CHECKOUT, unexpired and unchanged.
 
-Both fork ``--processes`` processes, each binding its own SO_REUSEPORT socket, like
+``hotpath``: the issue's prototype of the return path, rebuilt: the same PayU reverse hash,
+then the gateway's own settle script (``store/lua/payment_settle.lua``, one EVALSHA on the
+gateway's pipelined connection, ``store/resp.py``) and the 303, and nothing else: no
+write-behind reads its events, no PostgreSQL, no metrics, no logging, no request ids, one
+route. It tells how much of the gap to bare Tornado is the hot path itself and how much is
+the rest of the gateway.
+
+All three fork ``--processes`` processes, each binding its own SO_REUSEPORT socket, like
 ``gateway serve --workers``.
 """
 
@@ -26,6 +34,7 @@ import hmac
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import tornado.httpserver
@@ -113,8 +122,62 @@ class Sync(tornado.web.RequestHandler):
         self.redirect(TARGET.format(txnid=txnid, booking_id=booking_id), status=303)
 
 
-def serve(kind: str, port: int, dsn: str, salt: str) -> None:
-    if kind == "sync":
+class HotPath(tornado.web.RequestHandler):
+    """Hash check, one Lua script, 303."""
+
+    def initialize(self, calls: Any, keys: Any, salt: str, script: tuple[str, str]) -> None:
+        self.calls, self.keys, self.salt = calls, keys, salt
+        self.sha, self.text = script
+
+    async def post(self) -> None:
+        from store import keys as ids
+        from store.resp import evalsha
+
+        f = {k: v[0].decode() for k, v in self.request.body_arguments.items()}
+        if not hmac.compare_digest(reverse_hash(f, self.salt), f.get("hash", "")):
+            self.redirect("https://merchant.example/failed?reason=bad_signature", status=303)
+            return
+        txnid = f["txnid"]
+        cart_id = ids.cart_id_of_txn(txnid)
+        booking_id = ids.booking_id_for(cart_id)
+        reply = await evalsha(
+            self.calls,
+            self.sha,
+            self.text,
+            [
+                self.keys.cart(cart_id),
+                self.keys.payment(txnid),
+                self.keys.booking(booking_id),
+                self.keys.stream_of(txnid),
+            ],
+            [
+                *("success", "payu", f["amount"].replace(".", ""), "", ""),
+                *(f.get("mihpayid", ""), "", int(time.time() * 1000), booking_id),
+            ],
+        )
+        brief = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
+        self.redirect(TARGET.format(txnid=txnid, booking_id=brief["booking_id"]), status=303)
+
+
+def serve(kind: str, port: int, dsn: str, salt: str, redis: str = "", prefix: str = "") -> None:
+    if kind == "hotpath":
+        from store.keys import Keys
+        from store.resp import RespClient
+        from store.scripts import source
+
+        calls = RespClient.from_url(redis)
+        text = source("payment_settle")
+        sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+        app = tornado.web.Application(
+            [
+                (
+                    r"/v1/payments/payu/return",
+                    HotPath,
+                    {"calls": calls, "keys": Keys(prefix), "salt": salt, "script": (sha, text)},
+                )
+            ]
+        )
+    elif kind == "sync":
         import psycopg2
 
         conn = psycopg2.connect(dsn)
@@ -140,11 +203,13 @@ def serve(kind: str, port: int, dsn: str, salt: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["bare", "sync"])
+    parser.add_argument("kind", choices=["bare", "sync", "hotpath"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--dsn", default="")
     parser.add_argument("--salt", default="")
+    parser.add_argument("--redis", default="")
+    parser.add_argument("--prefix", default="")
     args = parser.parse_args()
     children = []
     for _ in range(args.processes):
@@ -152,7 +217,7 @@ def main() -> None:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                serve(args.kind, args.port, args.dsn, args.salt)
+                serve(args.kind, args.port, args.dsn, args.salt, args.redis, args.prefix)
             finally:
                 os._exit(0)
         children.append(pid)

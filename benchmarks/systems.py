@@ -1,7 +1,8 @@
-"""The three systems the sweep compares, each started as 2 (``--processes``) processes with
-their own SO_REUSEPORT sockets: the gateway (``gateway serve``), bare Tornado and the
-synchronous PostgreSQL design (``benchmarks.baselines``). Each prepares its own payments and
-counts the bookings it made."""
+"""The systems the sweep compares, each started as 2 (``--processes``) processes with their
+own SO_REUSEPORT sockets: the gateway (``gateway serve``), bare Tornado, the synchronous
+PostgreSQL design and the hot-path prototype (``benchmarks.baselines``). Each prepares its own
+payments and counts the bookings it made. The gateway and the prototype talk to Redis the
+same way (``SweepRedis``)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from store.pg_store import migrate
 from store.queue import queue_stats
 from store.redis_store import RedisStore
 from tests.conftest import db_url
-from tests.services import free_port, redis_url
+from tests.services import free_port, redis_url, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SALT, KEY = "bench-salt-0123456789", "benchkey"
@@ -75,8 +76,42 @@ def payu_form(txnid: str, cart_id: str, amount: str) -> bytes:
     return urllib.parse.urlencode(f).encode()
 
 
+class SweepRedis:
+    """The Redis the gateway and the prototype use in the sweep. ``unix``: a redis-server of
+    the sweep's own, reached over a Unix socket, as a gateway sharing its host with Redis
+    should be deployed (decision 31: 5 % less machine CPU per return than loopback TCP);
+    ``tcp``: the local Redis the tests use (``TEST_REDIS_URL``, else 127.0.0.1:6379)."""
+
+    def __init__(self, how: str = "unix") -> None:
+        self.how = how
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.folder = ""
+        self.url = redis_url()
+
+    def start(self) -> str:
+        if self.how == "unix" and shutil.which("redis-server"):
+            sock = tempfile.mkdtemp(prefix="gwbench-sock-")
+            self.proc, _, self.folder = start_redis(
+                ["--unixsocket", f"{sock}/redis.sock", "--unixsocketperm", "700"]
+            )
+            self.sock_dir = sock
+            self.url = f"unix://{sock}/redis.sock?db=0"
+        else:
+            self.how = "tcp"
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+            self.proc = None
+
+
 class System:
     name = ""
+    key = ""  # for --only and the report
 
     async def start(self) -> None: ...
     async def prepare(self, n: int) -> list[bytes]: ...
@@ -106,10 +141,11 @@ class System:
 
 
 class Gateway(System):
-    name = "gateway"
+    name = key = "gateway"
 
-    def __init__(self, processes: int, admin: str) -> None:
+    def __init__(self, processes: int, admin: str, redis: str = "") -> None:
         self.processes, self.admin = processes, admin
+        self.redis = redis or redis_url()
         self.prefix = f"gwbench-{secrets.token_hex(4)}"
         self.db = f"gwbench_{secrets.token_hex(4)}"
         self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
@@ -117,13 +153,13 @@ class Gateway(System):
     async def start(self) -> None:
         self.dsn = await create_database(self.admin, self.db)
         self.store = await RedisStore.connect(
-            redis_url(), self.prefix, cart_ttl_s=3600, payment_window_s=86400
+            self.redis, self.prefix, cart_ttl_s=3600, payment_window_s=86400
         )
         port = free_port()
         self.launch(
             serve_args(self.processes, "--port", str(port)),
             {
-                "GATEWAY_REDIS_URL": redis_url(),
+                "GATEWAY_REDIS_URL": self.redis,
                 "GATEWAY_DATABASE_URL": self.dsn,
                 "GATEWAY_REDIS_PREFIX": self.prefix,
                 "GATEWAY_API_KEYS": "bench-key-0123456789",
@@ -139,19 +175,7 @@ class Gateway(System):
         await asyncio.to_thread(wait_up, self.port, self.proc)
 
     async def prepare(self, n: int) -> list[bytes]:
-        sem = asyncio.Semaphore(64)
-        bodies: list[bytes] = []
-
-        async def one(i: int) -> None:
-            async with sem:
-                cart = await self.store.create_cart(16, f"user-{i}", "INR")
-                cid = cart["cart_id"]
-                await self.store.change_items(cid, "add", "svc-1", "Deep cleaning", 129900, 1)
-                txnid = ids.new_txnid(cid)
-                await self.store.start_payment(cid, txnid, "payu", 2, 129900, "")
-                bodies.append(payu_form(txnid, cid, "1299.00"))
-
-        await asyncio.gather(*(one(i) for i in range(n)))
+        bodies = await open_payments(self.store, n)
         await self.drained()
         return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
 
@@ -169,14 +193,75 @@ class Gateway(System):
     async def stop(self) -> None:
         self.terminate()
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        async for key in self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000):
-            await self.store.client.delete(key)
-        await self.store.close()
+        await drop_keys(self.store, self.prefix)
         await drop_db(self.admin, self.db)
 
 
+async def open_payments(store: RedisStore, n: int) -> list[bytes]:
+    """``n`` carts in CHECKOUT with an INITIATED PayU payment each, made by the gateway's
+    scripts; the signed success form of each."""
+    sem = asyncio.Semaphore(64)
+    bodies: list[bytes] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            cart = await store.create_cart(16, f"user-{i}", "INR")
+            cid = cart["cart_id"]
+            await store.change_items(cid, "add", "svc-1", "Deep cleaning", 129900, 1)
+            txnid = ids.new_txnid(cid)
+            await store.start_payment(cid, txnid, "payu", 2, 129900, "")
+            bodies.append(payu_form(txnid, cid, "1299.00"))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return bodies
+
+
+async def drop_keys(store: RedisStore, prefix: str) -> None:
+    async for key in store.client.scan_iter(match=f"{prefix}:*", count=1000):
+        await store.client.delete(key)
+    await store.close()
+
+
+class HotPath(System):
+    """The issue's prototype: hash check, the gateway's settle script, 303, nothing else."""
+
+    name, key = "hot path (prototype)", "hotpath"
+
+    def __init__(self, processes: int, redis: str = "") -> None:
+        self.processes = processes
+        self.redis = redis or redis_url()
+        self.prefix = f"gwbench-{secrets.token_hex(4)}"
+        self.booked = 0
+
+    async def start(self) -> None:
+        self.store = await RedisStore.connect(
+            self.redis, self.prefix, cart_ttl_s=3600, payment_window_s=86400
+        )
+        self.launch(
+            [
+                *("-m", "benchmarks.baselines", "hotpath", "--processes", str(self.processes)),
+                *("--redis", self.redis, "--prefix", self.prefix, "--salt", SALT),
+            ]
+        )
+        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+
+    async def prepare(self, n: int) -> list[bytes]:
+        # Nothing reads the events: trim what earlier runs left, as a write-behind would.
+        for partition in range(16):
+            await self.store.client.delete(self.store.keys.stream(partition))
+        bodies = await open_payments(self.store, n)
+        return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
+
+    async def bookings(self) -> int:
+        return -1  # no PostgreSQL
+
+    async def stop(self) -> None:
+        self.terminate()
+        await drop_keys(self.store, self.prefix)
+
+
 class Bare(System):
-    name = "bare Tornado"
+    name, key = "bare Tornado", "bare"
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -203,7 +288,7 @@ class Bare(System):
 
 
 class Sync(System):
-    name = "synchronous PostgreSQL"
+    name, key = "synchronous PostgreSQL", "synchronous"
 
     def __init__(self, processes: int, admin: str) -> None:
         self.processes, self.admin = processes, admin

@@ -33,14 +33,16 @@ from store.redis_store import RedisStore
 log = logging.getLogger("gateway.http")
 SEG = r"([^/]+)"
 
+# Tornado tries the routes in order, one regular expression each; the patterns are disjoint
+# (each is anchored), so the order only decides the cost: the providers' routes first.
 ROUTES: list[tuple[str, type[BaseHandler]]] = [
+    (rf"/v1/payments/{SEG}/return", ReturnHandler),
+    (rf"/v1/payments/{SEG}/webhook", WebhookHandler),
     (r"/v1/carts", CartsHandler),
     (rf"/v1/carts/{SEG}", CartHandler),
     (rf"/v1/carts/{SEG}/items", CartItemsHandler),
     (rf"/v1/carts/{SEG}/items/{SEG}", CartItemHandler),
     (rf"/v1/carts/{SEG}/payments", CartPaymentsHandler),
-    (rf"/v1/payments/{SEG}/return", ReturnHandler),
-    (rf"/v1/payments/{SEG}/webhook", WebhookHandler),
     (rf"/v1/payments/{SEG}", PaymentHandler),
     (rf"/v1/bookings/{SEG}", BookingHandler),
     (r"/metrics", MetricsHandler),

@@ -150,7 +150,7 @@ class Settings:
         if not PREFIX_RE.match(prefix):
             raise ConfigError("GATEWAY_REDIS_PREFIX: 1-32 characters of A-Z a-z 0-9 _ . -")
         return cls(
-            redis_url=env.url("GATEWAY_REDIS_URL", "", ("redis", "rediss")),
+            redis_url=env.url("GATEWAY_REDIS_URL", "", ("redis", "rediss", "unix")),
             database_url=env.url("GATEWAY_DATABASE_URL", "", ("postgres", "postgresql")),
             host=host,
             port=port,
@@ -253,7 +253,8 @@ class _Env:
                 raise ConfigError(f"{name}: required")
             return default  # "" for "choose at start"
         parts = urlsplit(value)
-        if parts.scheme not in schemes or not parts.netloc:
+        where = parts.path if parts.scheme == "unix" else parts.netloc  # unix:///run/r.sock
+        if parts.scheme not in schemes or not where:
             raise ConfigError(f"{name}: expected a {'/'.join(schemes)} URL")
         if parts.fragment:
             raise ConfigError(f"{name}: must not have a #fragment")

@@ -46,7 +46,7 @@ def test_return_rate_benchmark_smoke():
 
 
 def test_sweep_harness_smoke(tmp_path):
-    """`python -m benchmarks --quick`: all three systems at two low rates, report written."""
+    """`python -m benchmarks --quick`: all four systems at two low rates, report written."""
     import secrets
 
     label = f"smoke-{secrets.token_hex(3)}"
@@ -67,8 +67,13 @@ def test_sweep_harness_smoke(tmp_path):
             "gateway",
             "bare Tornado",
             "synchronous PostgreSQL",
+            "hot path (prototype)",
         ]
         assert all(len(r["points"]) == 2 for r in report["results"])
+        for r in report["results"]:  # every request answered with the 303 it asked for
+            assert all(p["errors"] == 0 for p in r["points"]), r
+            assert all(p["status_303"] == p["completed"] > 0 for p in r["points"]), r
+        assert report["redis"] == ("unix" if shutil.which("redis-server") else "tcp")
         assert report["postgres_matches"] is True
         assert (out / "latency.png").stat().st_size > 10_000
         assert "largest rate with p99" in (out / "summary.md").read_text()

@@ -142,3 +142,39 @@ async def test_the_redis_py_fallback_answers_alike():
         assert await calls.call("ECHO", "y") == "y"
     finally:
         await client.aclose()
+
+
+async def test_a_gateway_on_a_unix_socket_redis(own_redis, make_gw, tmp_path):
+    """``GATEWAY_REDIS_URL=unix://…``: the whole checkout runs over the socket, on the
+    pipelined connection, and the booking lands in that Redis."""
+    import tempfile
+    from urllib.parse import parse_qs, urlsplit
+
+    from gateway.config import Settings
+    from gateway.errors import ConfigError
+    from tests.conftest import base_env
+
+    sock_dir = tempfile.mkdtemp(prefix="gw-sock-")  # short: a socket path has 107 bytes
+    sock = f"{sock_dir}/redis.sock"
+    own_redis("--unixsocket", sock, "--unixsocketperm", "700")
+    url = f"unix://{sock}?db=3"
+    assert Settings.from_env(base_env("p", GATEWAY_REDIS_URL=url)).redis_url == url
+    with pytest.raises(ConfigError, match="GATEWAY_REDIS_URL"):
+        Settings.from_env(base_env("p", GATEWAY_REDIS_URL="unix://"))
+
+    gw = await make_gw(redis_url=url)
+    assert isinstance(gw.store.calls, RespClient) and gw.store.calls.path == sock
+    cart = await gw.cart_with_items()
+    payment = await gw.start(cart["cart_id"])
+    resp = await gw.payu_return(payment)
+    assert resp.code == 303 and "status=success" in resp.headers["Location"]
+    booking_id = parse_qs(urlsplit(resp.headers["Location"]).query)["booking_id"][0]
+    direct = redis.asyncio.Redis(unix_socket_path=sock, db=3, decode_responses=True)
+    try:
+        booking = await direct.hgetall(gw.store.keys.booking(booking_id))
+        assert booking["status"] == "CONFIRMED" and booking["cart_id"] == cart["cart_id"]
+    finally:
+        await direct.aclose()
+        import shutil
+
+        shutil.rmtree(sock_dir, ignore_errors=True)
