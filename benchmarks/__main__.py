@@ -3,7 +3,7 @@ endpoint, the gateway against its two baselines and the hot-path prototype, with
 
     PYTHONPATH=. .venv/bin/python -m benchmarks [--seconds 5] [--repeats 3] [--processes 2]
         [--only gateway,bare,synchronous,hotpath] [--rates 400,800] [--quick] [--label NAME]
-        [--redis unix|tcp]
+        [--redis unix|tcp] [--commit-delay-ms 2]
 
 The systems (``benchmarks/systems.py``: the gateway, bare Tornado, the synchronous design
 and the hot-path prototype; the same process count for all) run side by side and take
@@ -248,9 +248,9 @@ async def main(args: argparse.Namespace) -> int:
     url = sweep_redis.start()
     say(f"the gateway's and the prototype's Redis: {sweep_redis.how} ({url})")
     systems: list[System] = [
-        Gateway(args.processes, admin, url),
+        Gateway(args.processes, admin, url, args.commit_delay_ms),
         Bare(args.processes),
-        Sync(args.processes, admin),
+        Sync(args.processes, admin, args.commit_delay_ms),
         HotPath(args.processes, url),
     ]
     if args.only:
@@ -299,7 +299,10 @@ async def main(args: argparse.Namespace) -> int:
         "gateway_rss_mb_per_process": results[0].get("rss_mb_per_process", []),
         "redis_memory": memory,
     }
-    out_dir = ROOT / "benchmarks" / "results" / (args.label or datetime.date.today().isoformat())
+    label = args.label or datetime.date.today().isoformat()
+    if args.commit_delay_ms and not args.label:
+        label += f"-commit-delay-{args.commit_delay_ms:g}ms"
+    out_dir = ROOT / "benchmarks" / "results" / label
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "seconds_per_run": args.seconds,
@@ -348,7 +351,7 @@ async def main(args: argparse.Namespace) -> int:
     (out_dir / "summary.md").write_text(table + "\n")
     say(f"wrote {out_dir}")
     print(table)
-    if not args.quick:
+    if not args.quick and not args.commit_delay_ms:  # the docs' sweep is the plain one
         update_docs(out_dir, table, args, method_text(args))
     return 0 if ok else 1
 
@@ -394,6 +397,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per rate (median p99)")
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--commit-delay-ms",
+        type=float,
+        default=0,
+        help="every PostgreSQL commit of the gateway and the synchronous design waits this "
+        "long first, as one waiting for a synchronous replica does (no CPU)",
+    )
     parser.add_argument(
         "--redis",
         choices=["unix", "tcp"],

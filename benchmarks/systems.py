@@ -40,11 +40,26 @@ SALT, KEY = "bench-salt-0123456789", "benchkey"
 UNPAID = (None, None, None, False, None, 1)
 
 
-async def create_database(admin: str, name: str) -> str:
-    """A new database with the gateway's schema (``gateway migrate``); its URL."""
+async def create_database(admin: str, name: str, commit_delay_ms: float = 0) -> str:
+    """A new database with the gateway's schema (``gateway migrate``); its URL.
+
+    ``commit_delay_ms``: every commit in it first sleeps that long (PostgreSQL's
+    ``commit_delay``, with ``commit_siblings = 0`` so that it applies to a lone commit too),
+    as commits that wait for a synchronous replica do. It costs no CPU, so the machine's
+    load is unchanged; the sweep's ``--commit-delay-ms`` sets it for the gateway's and the
+    synchronous design's databases alike."""
     await create_db(admin, name)
     dsn = db_url(admin, name)
     await migrate(dsn)
+    if commit_delay_ms:
+        conn = await asyncpg.connect(admin)
+        try:  # the name is ours (gwbench_<hex>); the value a number
+            await conn.execute(
+                f"ALTER DATABASE {name} SET commit_delay = {int(commit_delay_ms * 1000)}"
+            )
+            await conn.execute(f"ALTER DATABASE {name} SET commit_siblings = 0")
+        finally:
+            await conn.close()
     return dsn
 
 
@@ -143,15 +158,17 @@ class System:
 class Gateway(System):
     name = key = "gateway"
 
-    def __init__(self, processes: int, admin: str, redis: str = "") -> None:
-        self.processes, self.admin = processes, admin
+    def __init__(
+        self, processes: int, admin: str, redis: str = "", commit_delay_ms: float = 0
+    ) -> None:
+        self.processes, self.admin, self.commit_delay_ms = processes, admin, commit_delay_ms
         self.redis = redis or redis_url()
         self.prefix = f"gwbench-{secrets.token_hex(4)}"
         self.db = f"gwbench_{secrets.token_hex(4)}"
         self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
 
     async def start(self) -> None:
-        self.dsn = await create_database(self.admin, self.db)
+        self.dsn = await create_database(self.admin, self.db, self.commit_delay_ms)
         self.store = await RedisStore.connect(
             self.redis, self.prefix, cart_ttl_s=3600, payment_window_s=86400
         )
@@ -290,13 +307,14 @@ class Bare(System):
 class Sync(System):
     name, key = "synchronous PostgreSQL", "synchronous"
 
-    def __init__(self, processes: int, admin: str) -> None:
-        self.processes, self.admin = processes, admin
+    def __init__(self, processes: int, admin: str, commit_delay_ms: float = 0) -> None:
+        self.processes, self.admin, self.commit_delay_ms = processes, admin, commit_delay_ms
         self.db = f"gwbench_{secrets.token_hex(4)}"
         self.made = 0
 
     async def start(self) -> None:
-        self.dsn = await create_database(self.admin, self.db)  # the gateway's own tables
+        # the gateway's own tables, and the same commits
+        self.dsn = await create_database(self.admin, self.db, self.commit_delay_ms)
         self.launch(
             [
                 "-m",
