@@ -95,20 +95,25 @@ async def write_executemany(conn: asyncpg.Connection, rows: Rows) -> None:
 
 
 async def write_copy(conn: asyncpg.Connection, rows: Rows) -> None:
-    await write_rows(conn, rows, copy=True)
+    await write_rows(conn, rows, how="copy")
 
 
 async def write_unnest(conn: asyncpg.Connection, rows: Rows) -> None:
-    await write_rows(conn, rows, copy=False)
+    await write_rows(conn, rows, how="unnest")
+
+
+async def write_json(conn: asyncpg.Connection, rows: Rows) -> None:
+    await write_rows(conn, rows, how="json")
 
 
 async def write_gateway(conn: asyncpg.Connection, rows: Rows) -> None:
-    await write_rows(conn, rows)  # what the worker does: unnest, or COPY for large batches
+    await write_rows(conn, rows)  # what the worker does: JSON, or COPY for large batches
 
 
 METHODS = {
     "executemany": write_executemany,
     "unnest": write_unnest,
+    "json": write_json,
     "copy": write_copy,
     "gateway": write_gateway,
 }

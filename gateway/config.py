@@ -170,7 +170,7 @@ class Settings:
             payu_payment_url=env.url("GATEWAY_PAYU_PAYMENT_URL", "https://secure.payu.in/_payment"),
             writebehind=WriteBehindConfig(
                 batch_size=env.integer("GATEWAY_WB_BATCH_SIZE", 500, low=1, high=10_000),
-                max_wait_ms=env.integer("GATEWAY_WB_MAX_WAIT_MS", 100, low=1, high=10_000),
+                max_wait_ms=env.integer("GATEWAY_WB_MAX_WAIT_MS", 250, low=1, high=10_000),
                 claim_idle_ms=1000 * env.integer("GATEWAY_WB_CLAIM_IDLE_S", 30, low=1, high=86400),
                 max_deliveries=env.integer("GATEWAY_WB_MAX_DELIVERIES", 5, low=1, high=1000),
                 retention_s=retention,

@@ -2,8 +2,10 @@
 
 Writes are idempotent batch upserts; a row only moves forward (``WHERE table.rev <
 EXCLUDED.rev``). Per table, a batch of up to ``COPY_FROM_ROWS`` rows is one ``INSERT …
-SELECT FROM unnest(…) ON CONFLICT``; a larger one is COPYed into a temporary staging table,
-then ``INSERT … SELECT … ON CONFLICT`` (decision 9 in docs/decisions.md has the figures).
+SELECT FROM jsonb_array_elements($1) ON CONFLICT``, its rows sent as one JSON document (one
+text parameter: asyncpg's per-element encoding of one array per column cost the worker four
+times the CPU, decision 33); a larger one is COPYed into a temporary staging table, then
+``INSERT … SELECT … ON CONFLICT`` (decision 9 in docs/decisions.md has the figures).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 from store.events import BOOKING_COLUMNS, CART_COLUMNS, PAYMENT_COLUMNS, TIME_COLUMNS, Rows
 
@@ -42,19 +45,39 @@ _TYPES = {
 COPY_FROM_ROWS = 300  # rows of one table in one batch; above it, COPY wins
 
 
+def _json_field(i: int, column: str) -> str:
+    """Column ``column`` of a row sent as element ``i`` of a JSON array, typed."""
+    v = f"(e->>{i})"
+    if column in TIME_COLUMNS:
+        return f"'epoch'::timestamptz + {v}::int8 * interval '1 millisecond'"
+    if column == "items":
+        return f"{v}::jsonb"  # the row carries the items as JSON text
+    return f"{v}::{_TYPES[column]}" if column in _TYPES else v
+
+
 def _upsert(
-    table: str, columns: Sequence[str], key: str, versioned: bool, force: bool, copy: bool = False
+    table: str, columns: Sequence[str], key: str, versioned: bool, force: bool, how: str = "json"
 ) -> str:
-    arrays = ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
-    select = ", ".join(
-        f"'epoch'::timestamptz + t.{c} * interval '1 millisecond'"
-        if c in TIME_COLUMNS
-        else f"t.{c}::jsonb"
-        if c == "items"
-        else f"t.{c}"
-        for c in columns
-    )
-    source = f"stage_{table} AS t" if copy else (f"unnest({arrays}) AS t({', '.join(columns)})")
+    """The upsert of a batch of rows, from ``how``: ``json`` (one JSON array of rows as $1),
+    ``copy`` (the staging table) or ``unnest`` (one array per column; kept to compare)."""
+    if how == "json":
+        select = ", ".join(_json_field(i, c) for i, c in enumerate(columns))
+        source = "jsonb_array_elements($1::text::jsonb) AS e"
+    else:
+        arrays = ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
+        select = ", ".join(
+            f"'epoch'::timestamptz + t.{c} * interval '1 millisecond'"
+            if c in TIME_COLUMNS
+            else f"t.{c}::jsonb"
+            if c == "items"
+            else f"t.{c}"
+            for c in columns
+        )
+        source = (
+            f"stage_{table} AS t"
+            if how == "copy"
+            else f"unnest({arrays}) AS t({', '.join(columns)})"
+        )
     sql = (
         # built once at import from the constant column lists above: no input reaches it
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "  # noqa: S608
@@ -80,21 +103,15 @@ def _select(table: str, columns: Sequence[str], key: str) -> str:
     return f"SELECT {cols} FROM {table} WHERE {key} = ANY($1::text[])"  # noqa: S608
 
 
-SQL = {
-    "carts": _upsert("carts", CART_COLUMNS, "cart_id", True, False),
-    "payments": _upsert("payments", PAYMENT_COLUMNS, "txnid", True, False),
-    "bookings": _upsert("bookings", BOOKING_COLUMNS, "booking_id", False, False),
-    "carts!": _upsert("carts", CART_COLUMNS, "cart_id", True, True),
-    "payments!": _upsert("payments", PAYMENT_COLUMNS, "txnid", True, True),
-    "bookings!": _upsert("bookings", BOOKING_COLUMNS, "booking_id", False, True),
-}
 TABLES = {
     "carts": (CART_COLUMNS, "cart_id", True),
     "payments": (PAYMENT_COLUMNS, "txnid", True),
     "bookings": (BOOKING_COLUMNS, "booking_id", False),
 }
-COPY_SQL = {
-    name + bang: _upsert(name, cols, key, versioned, bang == "!", copy=True)
+# (how, table + "!" when forced) -> SQL
+UPSERT = {
+    (how, name + bang): _upsert(name, cols, key, versioned, bang == "!", how)
+    for how in ("json", "copy", "unnest")
     for name, (cols, key, versioned) in TABLES.items()
     for bang in ("", "!")
 }
@@ -120,11 +137,11 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 
 async def write_rows(
-    conn: asyncpg.Connection, rows: Rows, force: bool = False, copy: bool | None = None
+    conn: asyncpg.Connection, rows: Rows, force: bool = False, how: str | None = None
 ) -> None:
-    """Upsert a batch's rows on ``conn`` (the caller owns the transaction). ``copy`` forces
-    one way of writing (the benchmark compares them); by default a table's rows go by COPY
-    above ``COPY_FROM_ROWS``, by unnest below."""
+    """Upsert a batch's rows on ``conn`` (the caller owns the transaction). ``how`` forces
+    one way of writing (``json``, ``copy``, ``unnest``: the benchmark compares them); by
+    default a table's rows go by COPY above ``COPY_FROM_ROWS``, as one JSON document below."""
     bang = "!" if force else ""
     for name, data in (
         ("carts", rows.carts),
@@ -134,14 +151,18 @@ async def write_rows(
         if not data:
             continue
         columns = TABLES[name][0]
-        if copy if copy is not None else len(data) > COPY_FROM_ROWS:
+        way = how or ("copy" if len(data) > COPY_FROM_ROWS else "json")
+        sql = UPSERT[way, name + bang]
+        if way == "copy":
             await conn.execute(STAGE_DDL[name])
             await conn.copy_records_to_table(
                 f"stage_{name}", records=list(data.values()), columns=columns
             )
-            await conn.execute(COPY_SQL[name + bang])
+            await conn.execute(sql)
+        elif way == "json":
+            await conn.execute(sql, orjson.dumps(list(data.values())).decode())
         else:
-            await conn.execute(SQL[name + bang], *_columns(data.values(), len(columns)))
+            await conn.execute(sql, *_columns(data.values(), len(columns)))
 
 
 def as_hash(record: asyncpg.Record) -> dict[str, str]:

@@ -43,7 +43,7 @@ YIELD_EVERY = 64  # events parsed between two yields to the event loop
 @dataclass(frozen=True)
 class WriteBehindConfig:
     batch_size: int = 500
-    max_wait_ms: int = 100
+    max_wait_ms: int = 250  # decision 33
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
