@@ -29,7 +29,13 @@ def run(module: str, *args: str) -> dict:
 
 def test_writebehind_benchmark_smoke():
     result = run("benchmarks.writebehind", "--checkouts", "60", "--repeats", "1")
-    assert {m["method"] for m in result["methods"]} == {"executemany", "unnest", "copy", "gateway"}
+    assert {m["method"] for m in result["methods"]} == {
+        "executemany",
+        "unnest",
+        "json",
+        "copy",
+        "gateway",
+    }
     assert [d["batch_size"] for d in result["drain"]] == [100, 500, 2000]
     assert all(d["events"] == result["events"] for d in result["drain"])
 
