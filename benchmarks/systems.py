@@ -234,8 +234,15 @@ async def open_payments(store: RedisStore, n: int) -> list[bytes]:
 
 
 async def drop_keys(store: RedisStore, prefix: str) -> None:
+    """Remove the run's keys, a thousand per UNLINK (a sweep leaves hundreds of thousands)."""
+    batch: list[str] = []
     async for key in store.client.scan_iter(match=f"{prefix}:*", count=1000):
-        await store.client.delete(key)
+        batch.append(key)
+        if len(batch) == 1000:
+            await store.client.unlink(*batch)
+            batch = []
+    if batch:
+        await store.client.unlink(*batch)
     await store.close()
 
 
