@@ -14,8 +14,9 @@ booking (the cart's items copied in), UPDATE the cart, COMMIT, and 303. The chec
 gateway's: amount, payment not already paid, cart still CHECKOUT, unexpired and unchanged.
 
 ``hotpath``: the issue's prototype of the return path, rebuilt: the same PayU reverse hash,
-then the gateway's own settle script (``store/lua/payment_settle.lua``, one EVALSHA on the
-gateway's pipelined connection, ``store/resp.py``) and the 303, and nothing else: no
+then the gateway's own settle call (``RedisStore.settle``: ``store/lua/payment_settle.lua``,
+one EVALSHA on the gateway's pipelined connection, ``store/resp.py``) and the 303, and
+nothing else: no
 write-behind reads its events, no PostgreSQL, no metrics, no logging, no request ids, one
 route. It tells how much of the gap to bare Tornado is the hot path itself and how much is
 the rest of the gateway.
@@ -34,7 +35,6 @@ import hmac
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 import tornado.httpserver
@@ -123,72 +123,47 @@ class Sync(tornado.web.RequestHandler):
 
 
 class HotPath(tornado.web.RequestHandler):
-    """Hash check, one Lua script, 303."""
+    """Hash check, one Lua script (``RedisStore.settle``), 303."""
 
-    def initialize(self, calls: Any, keys: Any, salt: str, script: tuple[str, str]) -> None:
-        self.calls, self.keys, self.salt = calls, keys, salt
-        self.sha, self.text = script
+    def initialize(self, store: Any, salt: str) -> None:
+        self.store, self.salt = store, salt
 
     async def post(self) -> None:
-        from store import keys as ids
-        from store.resp import evalsha
-
         f = {k: v[0].decode() for k, v in self.request.body_arguments.items()}
         if not hmac.compare_digest(reverse_hash(f, self.salt), f.get("hash", "")):
             self.redirect("https://merchant.example/failed?reason=bad_signature", status=303)
             return
         txnid = f["txnid"]
-        cart_id = ids.cart_id_of_txn(txnid)
-        booking_id = ids.booking_id_for(cart_id)
-        reply = await evalsha(
-            self.calls,
-            self.sha,
-            self.text,
-            [
-                self.keys.cart(cart_id),
-                self.keys.payment(txnid),
-                self.keys.booking(booking_id),
-                self.keys.stream_of(txnid),
-            ],
-            [
-                *("success", "payu", f["amount"].replace(".", ""), "", ""),
-                *(f.get("mihpayid", ""), "", int(time.time() * 1000), booking_id),
-            ],
+        settled = await self.store.settle(
+            txnid,
+            "success",
+            "payu",
+            amount=int(f["amount"].replace(".", "")),  # "1299.00" -> 129900, as the test sends
+            provider_payment_id=f.get("mihpayid", ""),
         )
-        brief = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
-        self.redirect(TARGET.format(txnid=txnid, booking_id=brief["booking_id"]), status=303)
+        booking_id = settled.payment["booking_id"]
+        self.redirect(TARGET.format(txnid=txnid, booking_id=booking_id), status=303)
 
 
 def serve(kind: str, port: int, dsn: str, salt: str, redis: str = "", prefix: str = "") -> None:
+    handlers: list[Any]
     if kind == "hotpath":
-        from store.keys import Keys
-        from store.resp import RespClient
-        from store.scripts import source
-
-        calls = RespClient.from_url(redis)
-        text = source("payment_settle")
-        sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
-        app = tornado.web.Application(
-            [
-                (
-                    r"/v1/payments/payu/return",
-                    HotPath,
-                    {"calls": calls, "keys": Keys(prefix), "salt": salt, "script": (sha, text)},
-                )
-            ]
-        )
+        handlers = [(r"/v1/payments/payu/return", HotPath, {"salt": salt})]  # store: in main
     elif kind == "sync":
         import psycopg2
 
         conn = psycopg2.connect(dsn)
-        app = tornado.web.Application(
-            [(r"/v1/payments/payu/return", Sync, {"conn": conn, "salt": salt})]
-        )
+        handlers = [(r"/v1/payments/payu/return", Sync, {"conn": conn, "salt": salt})]
     else:
-        app = tornado.web.Application([(r"/v1/payments/payu/return", Bare)])
+        handlers = [(r"/v1/payments/payu/return", Bare)]
 
     async def main() -> None:
-        server = tornado.httpserver.HTTPServer(app)
+        if kind == "hotpath":  # the gateway's store, made on this process's loop
+            from store.redis_store import RedisStore
+
+            store = await RedisStore.connect(redis, prefix, cart_ttl_s=3600, payment_window_s=86400)
+            handlers[0][2]["store"] = store
+        server = tornado.httpserver.HTTPServer(tornado.web.Application(handlers))
         server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

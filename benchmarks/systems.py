@@ -36,6 +36,7 @@ from tests.services import free_port, redis_url, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SALT, KEY = "bench-salt-0123456789", "benchkey"
+PARTITIONS = 16  # the gateway's default (GATEWAY_PARTITIONS)
 # a payment row's provider_ref, provider_payment_id, booking_id, refund_required, reason, rev
 UNPAID = (None, None, None, False, None, 1)
 
@@ -100,7 +101,7 @@ class SweepRedis:
     def __init__(self, how: str = "unix") -> None:
         self.how = how
         self.proc: subprocess.Popen[bytes] | None = None
-        self.folder = ""
+        self.folder = self.sock_dir = ""
         self.url = redis_url()
 
     def start(self) -> str:
@@ -197,7 +198,7 @@ class Gateway(System):
         return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
 
     async def drained(self) -> None:
-        while (await queue_stats(self.store.client, self.store.keys, 16)).backlog:
+        while (await queue_stats(self.store.client, self.store.keys, PARTITIONS)).backlog:
             await asyncio.sleep(0.1)
 
     async def quiesce(self) -> None:
@@ -222,7 +223,7 @@ async def open_payments(store: RedisStore, n: int) -> list[bytes]:
 
     async def one(i: int) -> None:
         async with sem:
-            cart = await store.create_cart(16, f"user-{i}", "INR")
+            cart = await store.create_cart(PARTITIONS, f"user-{i}", "INR")
             cid = cart["cart_id"]
             await store.change_items(cid, "add", "svc-1", "Deep cleaning", 129900, 1)
             txnid = ids.new_txnid(cid)
@@ -255,7 +256,6 @@ class HotPath(System):
         self.processes = processes
         self.redis = redis or redis_url()
         self.prefix = f"gwbench-{secrets.token_hex(4)}"
-        self.booked = 0
 
     async def start(self) -> None:
         self.store = await RedisStore.connect(
@@ -271,7 +271,7 @@ class HotPath(System):
 
     async def prepare(self, n: int) -> list[bytes]:
         # Nothing reads the events: trim what earlier runs left, as a write-behind would.
-        for partition in range(16):
+        for partition in range(PARTITIONS):
             await self.store.client.delete(self.store.keys.stream(partition))
         bodies = await open_payments(self.store, n)
         return [openloop.form_request("127.0.0.1", "/v1/payments/payu/return", b) for b in bodies]
