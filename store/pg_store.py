@@ -45,14 +45,16 @@ _TYPES = {
 COPY_FROM_ROWS = 300  # rows of one table in one batch; above it, COPY wins
 
 
-def _json_field(i: int, column: str) -> str:
-    """Column ``column`` of a row sent as element ``i`` of a JSON array, typed."""
-    v = f"(e->>{i})"
+def _field(expr: str, column: str, text: bool) -> str:
+    """``expr`` as the value of ``column``: times from epoch milliseconds, the items as jsonb;
+    ``text``: ``expr`` is JSON text (``e->>i``) and gets the column's type, else it already
+    has it (typed arrays, the staging table)."""
     if column in TIME_COLUMNS:
-        return f"'epoch'::timestamptz + {v}::int8 * interval '1 millisecond'"
+        ms = f"{expr}::int8" if text else expr
+        return f"'epoch'::timestamptz + {ms} * interval '1 millisecond'"
     if column == "items":
-        return f"{v}::jsonb"  # the row carries the items as JSON text
-    return f"{v}::{_TYPES[column]}" if column in _TYPES else v
+        return f"{expr}::jsonb"  # the row carries the items as JSON text
+    return f"{expr}::{_TYPES[column]}" if text and column in _TYPES else expr
 
 
 def _upsert(
@@ -61,18 +63,11 @@ def _upsert(
     """The upsert of a batch of rows, from ``how``: ``json`` (one JSON array of rows as $1),
     ``copy`` (the staging table) or ``unnest`` (one array per column; kept to compare)."""
     if how == "json":
-        select = ", ".join(_json_field(i, c) for i, c in enumerate(columns))
+        select = ", ".join(_field(f"(e->>{i})", c, True) for i, c in enumerate(columns))
         source = "jsonb_array_elements($1::text::jsonb) AS e"
     else:
+        select = ", ".join(_field(f"t.{c}", c, False) for c in columns)
         arrays = ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
-        select = ", ".join(
-            f"'epoch'::timestamptz + t.{c} * interval '1 millisecond'"
-            if c in TIME_COLUMNS
-            else f"t.{c}::jsonb"
-            if c == "items"
-            else f"t.{c}"
-            for c in columns
-        )
         source = (
             f"stage_{table} AS t"
             if how == "copy"

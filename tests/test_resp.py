@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
+import tempfile
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis.asyncio
@@ -12,8 +15,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.config import Settings
+from gateway.errors import ConfigError
 from store.resp import RedisPyCalls, RespClient, evalsha
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, base_env
 
 
 async def test_concurrent_calls_get_their_own_replies():
@@ -144,16 +149,9 @@ async def test_the_redis_py_fallback_answers_alike():
         await client.aclose()
 
 
-async def test_a_gateway_on_a_unix_socket_redis(own_redis, make_gw, tmp_path):
+async def test_a_gateway_on_a_unix_socket_redis(own_redis, make_gw):
     """``GATEWAY_REDIS_URL=unix://…``: the whole checkout runs over the socket, on the
     pipelined connection, and the booking lands in that Redis."""
-    import tempfile
-    from urllib.parse import parse_qs, urlsplit
-
-    from gateway.config import Settings
-    from gateway.errors import ConfigError
-    from tests.conftest import base_env
-
     sock_dir = tempfile.mkdtemp(prefix="gw-sock-")  # short: a socket path has 107 bytes
     sock = f"{sock_dir}/redis.sock"
     own_redis("--unixsocket", sock, "--unixsocketperm", "700")
@@ -175,6 +173,4 @@ async def test_a_gateway_on_a_unix_socket_redis(own_redis, make_gw, tmp_path):
         assert booking["status"] == "CONFIRMED" and booking["cart_id"] == cart["cart_id"]
     finally:
         await direct.aclose()
-        import shutil
-
         shutil.rmtree(sock_dir, ignore_errors=True)
