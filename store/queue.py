@@ -58,46 +58,65 @@ class QueueStats:
 
 
 async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
-    """The write-behind queue, read from Redis (a few commands per partition)."""
+    """The write-behind queue, read from Redis in two pipelined round trips: every
+    partition's group, length and dead letters, then where each one's oldest unacknowledged
+    entry is (every serving process reads this each second; a round trip per command cost
+    it milliseconds of CPU)."""
     backlog = pending = dead = 0
     oldest: tuple[int, int] | None = None
     now_ms = time.time() * 1000
-    for part in range(partitions):
-        stream = keys.stream(part)
-        async with redis.pipeline(transaction=False) as pipe:
+    streams = [keys.stream(part) for part in range(partitions)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for part, stream in enumerate(streams):
             pipe.xinfo_groups(stream)
             pipe.xlen(stream)
             pipe.xlen(keys.deadletter(part))
-            try:
-                groups, length, dl = await pipe.execute()
-            except ResponseError:  # no stream yet
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    # what each command of the second round answers: ("first"|"next"|"pending", 0) or
+    # ("count", pending), the last counting the entries never delivered
+    asked: list[tuple[str, int]] = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for i, stream in enumerate(streams):
+            groups, length, dl = replies[3 * i : 3 * i + 3]
+            if isinstance(groups, ResponseError):  # no stream yet
                 continue
-        dead += int(dl)
-        group = next((g for g in groups if g["name"] == GROUP), None)
-        if group is None:
-            backlog += int(length)
-            first: Any = await redis.xrange(stream, count=1)
-            candidates = [_parse_id(str(first[0][0]))] if first else []
-        else:
+            for reply in (length, dl):
+                if isinstance(reply, Exception):
+                    raise reply
+            dead += int(dl)
+            group = next((g for g in groups if g["name"] == GROUP), None)
+            if group is None:
+                backlog += int(length)
+                pipe.xrange(stream, count=1)
+                asked.append(("first", 0))
+                continue
             p = int(group["pending"])
             lag = group.get("lag")  # Redis 7+; None when unknown
             pending += p
-            candidates = []
             last = _parse_id(str(group["last-delivered-id"]))
             after = f"({last[0]}-{last[1]}"
             if lag is not None:
                 backlog += p + int(lag)
-                nxt: Any = await redis.xrange(stream, min=after, count=1)
+                pipe.xrange(stream, min=after, count=1)
+                asked.append(("next", 0))
             else:  # count what was never delivered (exact up to 10,000 a partition)
-                nxt = await redis.xrange(stream, min=after, count=10_000)
-                backlog += p + len(nxt)
-            if nxt:
-                candidates.append(_parse_id(str(nxt[0][0])))
+                pipe.xrange(stream, min=after, count=10_000)
+                asked.append(("count", p))
             if p:
-                summary = await redis.xpending(stream, GROUP)
-                if summary["min"]:  # acknowledged in between: nothing older pending
-                    candidates.append(_parse_id(str(summary["min"])))
-        for c in candidates:
-            oldest = c if oldest is None or c < oldest else oldest
+                pipe.xpending(stream, GROUP)
+                asked.append(("pending", 0))
+        answers: list[Any] = await pipe.execute() if asked else []
+    for (kind, p), answer in zip(asked, answers, strict=True):
+        candidate: tuple[int, int] | None = None
+        if kind == "pending":
+            if answer["min"]:  # acknowledged in between: nothing older pending
+                candidate = _parse_id(str(answer["min"]))
+        else:
+            if kind == "count":
+                backlog += p + len(answer)
+            if answer:
+                candidate = _parse_id(str(answer[0][0]))
+        if candidate is not None and (oldest is None or candidate < oldest):
+            oldest = candidate
     age = max(0.0, (now_ms - oldest[0]) / 1000) if oldest else 0.0
     return QueueStats(backlog, pending, age, dead)
