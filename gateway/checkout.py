@@ -67,6 +67,7 @@ class Checkout:
         self.store = store
         self.providers = providers
         self.metrics = metrics
+        self._outcomes: dict[tuple[str, str], Any] = {}  # labels() once per combination
 
     def provider(self, name: str) -> Provider:
         try:
@@ -242,14 +243,14 @@ class Checkout:
     def _count(self, provider: Provider, p: dict[str, str]) -> None:
         m = self.metrics
         if p["status"] == "SUCCESS" and p["refund_required"] == "1":
-            m.payment_outcomes.labels(provider.name, "refund_required").inc()
+            self._outcome(provider.name, "refund_required").inc()
             m.refunds_required.labels(p["reason"]).inc()
             log.warning(
                 "refund required",
                 extra={"txnid": p["txnid"], "cart_id": p["cart_id"], "reason": p["reason"]},
             )
         elif p["status"] == "SUCCESS":
-            m.payment_outcomes.labels(provider.name, "success").inc()
+            self._outcome(provider.name, "success").inc()
             m.bookings_created.inc()
             m.carts_converted.inc()
             log.info(
@@ -262,11 +263,19 @@ class Checkout:
                 },
             )
         else:
-            m.payment_outcomes.labels(provider.name, "failed").inc()
+            self._outcome(provider.name, "failed").inc()
             log.info(
                 "payment failed",
                 extra={"txnid": p["txnid"], "cart_id": p["cart_id"], "reason": p["reason"]},
             )
+
+    def _outcome(self, provider: str, outcome: str) -> Any:
+        child = self._outcomes.get((provider, outcome))
+        if child is None:
+            child = self._outcomes[(provider, outcome)] = self.metrics.payment_outcomes.labels(
+                provider, outcome
+            )
+        return child
 
     async def _txnid(self, provider: Provider, notice: Notice) -> str | None:
         if notice.txnid is not None:
