@@ -171,13 +171,15 @@ async def test_the_http_path_never_waits_for_postgres(make_durable):
 
 
 async def test_migrate_is_idempotent(database_url):
-    from store.pg_store import migrate
+    from store.pg_store import SQL_DIR, migrate
 
-    assert await migrate(database_url) == ["001_initial.sql"]
+    files = sorted(p.name for p in SQL_DIR.glob("*.sql"))
+    assert files[:2] == ["001_initial.sql", "002_fillfactor.sql"]
+    assert await migrate(database_url) == files
     assert await migrate(database_url) == []
     conn = await asyncpg.connect(database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(files)
     finally:
         await conn.close()
 
