@@ -182,6 +182,7 @@ async def bench_drain(
                     pg,
                     "bench",
                     WriteBehindConfig(batch_size=size, max_wait_ms=100, trim_interval_s=0),
+                    calls=store.calls,  # the pipelined connection, as the gateway's worker has
                 )
                 stop = asyncio.Event()
                 c0, t0 = cpu(), time.perf_counter()
