@@ -47,9 +47,11 @@ async def monitor(
     metrics: Metrics,
     publish: Callable[[QueueStats], None],
     stop: asyncio.Event,
-    interval_s: float = 1.0,
+    interval_s: float | None = None,
 ) -> None:
-    """Read the queue's length, pending count and lag every ``interval_s`` (off the hot path)."""
+    """Read the queue's length, pending count and lag every ``interval_s`` (default:
+    ``GATEWAY_QUEUE_MONITOR_S``), off the hot path."""
+    interval = settings.queue_monitor_s if interval_s is None else interval_s
     while not stop.is_set():
         try:
             stats = await queue_stats(store.client, store.keys, settings.partitions)
@@ -58,7 +60,7 @@ async def monitor(
         except RedisError as exc:
             log.warning("queue monitor: redis error", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 async def loop_lag(metrics: Metrics, stop: asyncio.Event, interval_s: float = 0.05) -> None:

@@ -63,6 +63,7 @@ class Settings:
     writebehind_in_process: bool = True  # serve runs the write-behind (decision 30 says where)
     writebehind_nice: int = 10  # its niceness when it has a process of its own
     ready_max_lag_s: float = 30.0
+    queue_monitor_s: int = 1  # how often each process reads the queue's length and lag
     ready_fail_on_lag: bool = False
     request_metrics: bool = True
     max_body_bytes: int = 16 * 1024
@@ -180,6 +181,7 @@ class Settings:
             writebehind_in_process=env.boolean("GATEWAY_WB_IN_PROCESS", True),
             writebehind_nice=env.integer("GATEWAY_WB_NICE", 10, low=0, high=19),
             ready_max_lag_s=env.integer("GATEWAY_READY_MAX_LAG_S", 30, low=1, high=86400),
+            queue_monitor_s=env.integer("GATEWAY_QUEUE_MONITOR_S", 1, low=1, high=3600),
             ready_fail_on_lag=env.boolean("GATEWAY_READY_FAIL_ON_LAG", False),
             request_metrics=env.boolean("GATEWAY_REQUEST_METRICS", True),
         )
