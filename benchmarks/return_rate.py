@@ -121,8 +121,9 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def wait_up(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(400):
+def wait_up(port: int, proc: subprocess.Popen[bytes], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("the gateway exited")
         try:

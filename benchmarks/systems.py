@@ -128,6 +128,8 @@ class SweepRedis:
 class System:
     name = ""
     key = ""  # for --only and the report
+    command_prefix: tuple[str, ...] = ()  # what runs the server's python (benchmarks.instructions)
+    startup_s = 20.0  # how long it may take to accept connections
 
     async def start(self) -> None: ...
     async def prepare(self, n: int) -> list[bytes]: ...
@@ -140,7 +142,12 @@ class System:
     def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, *argv, *(["--port", str(self.port)] if "--port" not in argv else [])],
+            [
+                *self.command_prefix,
+                sys.executable,
+                *argv,
+                *(["--port", str(self.port)] if "--port" not in argv else []),
+            ],
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -190,7 +197,7 @@ class Gateway(System):
             },
         )
         self.port = port
-        await asyncio.to_thread(wait_up, self.port, self.proc)
+        await asyncio.to_thread(wait_up, self.port, self.proc, self.startup_s)
 
     async def prepare(self, n: int) -> list[bytes]:
         bodies = await open_payments(self.store, n)
@@ -267,7 +274,7 @@ class HotPath(System):
                 *("--redis", self.redis, "--prefix", self.prefix, "--salt", SALT),
             ]
         )
-        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+        await asyncio.to_thread(wait_up_any, self.port, self.proc, self.startup_s)
 
     async def prepare(self, n: int) -> list[bytes]:
         # Nothing reads the events: trim what earlier runs left, as a write-behind would.
@@ -292,7 +299,7 @@ class Bare(System):
 
     async def start(self) -> None:
         self.launch(["-m", "benchmarks.baselines", "bare", "--processes", str(self.processes)])
-        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+        await asyncio.to_thread(wait_up_any, self.port, self.proc, self.startup_s)
 
     async def prepare(self, n: int) -> list[bytes]:
         return [
@@ -335,7 +342,7 @@ class Sync(System):
                 SALT,
             ]
         )
-        await asyncio.to_thread(wait_up_any, self.port, self.proc)
+        await asyncio.to_thread(wait_up_any, self.port, self.proc, self.startup_s)
 
     async def prepare(self, n: int) -> list[bytes]:
         rows = [(f"c{self.made + i:016d}", f"t{self.made + i:022d}") for i in range(n)]
@@ -382,11 +389,12 @@ class Sync(System):
         await drop_db(self.admin, self.db)
 
 
-def wait_up_any(port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_up_any(port: int, proc: subprocess.Popen[bytes], seconds: float = 20.0) -> None:
     """Wait until the port accepts connections (the baselines have no /healthz)."""
     import socket
 
-    for _ in range(400):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("the server exited")
         try:

@@ -85,3 +85,11 @@ def test_sweep_harness_smoke(tmp_path):
         assert "largest rate with p99" in (out / "summary.md").read_text()
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
+def test_instruction_count_benchmark_smoke():
+    result = run("benchmarks.instructions", "--returns", "20", "--systems", "bare")
+    assert [r["system"] for r in result] == ["bare"]
+    assert result[0]["statuses"] == {"303": 20}
+    assert result[0]["instructions_per_return"] > 0
