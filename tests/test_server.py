@@ -53,7 +53,7 @@ def worker_pids(port: int, want: int = 2) -> set[int]:
 
 
 @pytest.fixture
-def env(prefix, razorpay_api):
+def env(prefix, razorpay_api, database_url):
     from tests.conftest import REDIS_URL
 
     port = free_port()
@@ -62,6 +62,9 @@ def env(prefix, razorpay_api):
         GATEWAY_PORT=str(port),
         GATEWAY_RAZORPAY_API_URL=razorpay_api.url,
         GATEWAY_REDIS_URL=REDIS_URL,
+        # the test's own database: unset, the gateway would write to the local server's
+        # `gateway` database (its zero-configuration default) and leave it behind
+        GATEWAY_DATABASE_URL=database_url,
     )
 
 
@@ -227,7 +230,7 @@ async def test_workers_have_a_write_behind_process_beside_them(env, prefix, data
     from tests.conftest import PAYU_SALT
 
     port = int(env["GATEWAY_PORT"])
-    proc = start({**env, "GATEWAY_DATABASE_URL": database_url}, "--workers", "2")
+    proc = start(env, "--workers", "2")
     try:
         await asyncio.to_thread(wait_ready, port, proc)
         serving = await asyncio.to_thread(worker_pids, port)
