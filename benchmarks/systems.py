@@ -173,9 +173,9 @@ class Gateway(System):
         self.redis = redis or redis_url()
         self.prefix = f"gwbench-{secrets.token_hex(4)}"
         self.db = f"gwbench_{secrets.token_hex(4)}"
-        self.data_dir = tempfile.mkdtemp(prefix="gwbench-")
 
     async def start(self) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="gwbench-")  # here: --only may never start it
         self.dsn = await create_database(self.admin, self.db, self.commit_delay_ms)
         self.store = await RedisStore.connect(
             self.redis, self.prefix, cart_ttl_s=3600, payment_window_s=86400
