@@ -31,16 +31,11 @@ if sys.argv[1] == "multiprocess":
 from gateway.metrics import Metrics
 m = Metrics()
 # what gateway.app.log_request and the store's timing do for one return
-children = {}
 h = m.request_duration
 n = 200_000
 t0 = time.process_time()
 for i in range(n):
-    key = ("payment_return", "POST", 303)
-    child = children.get(key)
-    if child is None:
-        child = children[key] = h.labels("payment_return", "POST", "303")
-    child.observe(0.004)
+    m.child(h, "payment_return", "POST", 303).observe(0.004)
     m.redis_call("payment_settle", 0.0004)
 print((time.process_time() - t0) / n * 1e6)
 """

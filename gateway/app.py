@@ -85,7 +85,6 @@ def make_app(
     checkout = Checkout(settings, store, providers, metrics, pg)
     ctx = Context(settings, store, checkout, metrics, orjson.dumps(openapi.document()), pg)
     histogram = metrics.request_duration
-    children: dict[tuple[str, str, int], Any] = {}
     errors = metrics.errors
     access_log = log.isEnabledFor(logging.INFO)  # one JSON line per request at info
 
@@ -94,11 +93,7 @@ def make_app(
         status = handler.get_status()
         elapsed = handler.request.request_time()
         if timed:
-            key = (name, handler.request.method, status)
-            child = children.get(key)
-            if child is None:  # labels() costs more than the observation: look it up once
-                child = children[key] = histogram.labels(name, key[1], str(status))
-            child.observe(elapsed)
+            metrics.child(histogram, name, handler.request.method, status).observe(elapsed)
         if status >= 400:
             errors.labels(name, str(status)).inc()
         if access_log:

@@ -67,7 +67,6 @@ class Checkout:
         self.store = store
         self.providers = providers
         self.metrics = metrics
-        self._outcomes: dict[tuple[str, str], Any] = {}  # labels() once per combination
 
     def provider(self, name: str) -> Provider:
         try:
@@ -243,14 +242,14 @@ class Checkout:
     def _count(self, provider: Provider, p: dict[str, str]) -> None:
         m = self.metrics
         if p["status"] == "SUCCESS" and p["refund_required"] == "1":
-            self._outcome(provider.name, "refund_required").inc()
+            m.child(m.payment_outcomes, provider.name, "refund_required").inc()
             m.refunds_required.labels(p["reason"]).inc()
             log.warning(
                 "refund required",
                 extra={"txnid": p["txnid"], "cart_id": p["cart_id"], "reason": p["reason"]},
             )
         elif p["status"] == "SUCCESS":
-            self._outcome(provider.name, "success").inc()
+            m.child(m.payment_outcomes, provider.name, "success").inc()
             m.bookings_created.inc()
             m.carts_converted.inc()
             log.info(
@@ -263,19 +262,11 @@ class Checkout:
                 },
             )
         else:
-            self._outcome(provider.name, "failed").inc()
+            m.child(m.payment_outcomes, provider.name, "failed").inc()
             log.info(
                 "payment failed",
                 extra={"txnid": p["txnid"], "cart_id": p["cart_id"], "reason": p["reason"]},
             )
-
-    def _outcome(self, provider: str, outcome: str) -> Any:
-        child = self._outcomes.get((provider, outcome))
-        if child is None:
-            child = self._outcomes[(provider, outcome)] = self.metrics.payment_outcomes.labels(
-                provider, outcome
-            )
-        return child
 
     async def _txnid(self, provider: Provider, notice: Notice) -> str | None:
         if notice.txnid is not None:

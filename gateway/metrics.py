@@ -78,7 +78,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._redis_children: dict[str, Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
@@ -210,11 +210,17 @@ class Metrics:
             registry=r,
         )
 
+    def child(self, metric: Any, *labels: Any) -> Any:
+        """``metric.labels(*labels)``, looked up once per combination: labels() costs more
+        than the observation it leads to (decision 20)."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def redis_call(self, call: str, seconds: float) -> None:
-        child = self._redis_children.get(call)
-        if child is None:  # labels() costs more than the observation: look it up once
-            child = self._redis_children[call] = self.redis_calls.labels(call)
-        child.observe(seconds)
+        self.child(self.redis_calls, call).observe(seconds)
 
     def postgres_call(self, call: str, seconds: float) -> None:
         self.postgres_calls.labels(call).observe(seconds)
