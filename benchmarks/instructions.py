@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
@@ -38,22 +37,13 @@ import orjson
 
 from benchmarks import openloop, systems
 from benchmarks.__main__ import postgres_admin_url
+from benchmarks.return_rate import process_tree
 
 WARM = 200
 
 
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(FileNotFoundError):
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-    return out
-
-
 def _control(pid: int, *args: str) -> None:
-    for p in _tree(pid):  # the baselines serve from a forked child
+    for p in process_tree(pid):  # the baselines serve from a forked child
         subprocess.run(["callgrind_control", *args, str(p)], capture_output=True, check=False)
 
 

@@ -103,21 +103,31 @@ def serve_args(workers: int, *extra: str) -> list[str]:
     ]
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (from /proc; one that has exited is left out)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                todo += [int(c) for c in fh.read().split()]
+        except FileNotFoundError:
+            continue
+        out.append(p)
+    return out
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and its children, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as fh:
                 fields = fh.read().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                pids += [int(c) for c in fh.read().split()]
         except FileNotFoundError:
             continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 

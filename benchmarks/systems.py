@@ -24,7 +24,7 @@ import orjson
 
 from benchmarks import openloop
 from benchmarks.baselines import reverse_hash
-from benchmarks.return_rate import serve_args, wait_up
+from benchmarks.return_rate import process_tree, serve_args, wait_up
 from benchmarks.writebehind import create_db, drop_db
 from store import keys as ids
 from store.events import CART_COLUMNS, PAYMENT_COLUMNS
@@ -407,14 +407,11 @@ def wait_up_any(port: int, proc: subprocess.Popen[bytes], seconds: float = 20.0)
 
 def rss_per_process(pid: int) -> list[float]:
     out = []
-    pids = [pid]
-    while pids:
-        p = pids.pop()
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     out.append(round(int(line.split()[1]) / 1024, 1))
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
         except FileNotFoundError:
             continue
     return out
