@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import tornado.web
+from tornado import httputil
 
 from gateway import openapi
 from gateway.checkout import Checkout
@@ -26,6 +27,7 @@ from handlers.carts import (
 )
 from handlers.ops import HealthHandler, MetricsHandler, OpenAPIHandler, ReadyHandler
 from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, WebhookHandler
+from handlers.return_lane import Recorder, ReturnLane
 from handlers.sandbox import DemoResultHandler, SandboxPayHandler
 from store.pg_store import PgStore
 from store.redis_store import RedisStore
@@ -88,28 +90,39 @@ def make_app(
     errors = metrics.errors
     access_log = log.isEnabledFor(logging.INFO)  # one JSON line per request at info
 
-    def log_request(handler: Any) -> None:
-        name = getattr(handler, "name", "unknown")
-        status = handler.get_status()
-        elapsed = handler.request.request_time()
+    def record(
+        name: str, status: int, method: str, path: str, elapsed: float, rid: str | None
+    ) -> None:
         if timed:
-            metrics.child(histogram, name, handler.request.method, status).observe(elapsed)
+            metrics.child(histogram, name, method, status).observe(elapsed)
         if status >= 400:
             errors.labels(name, str(status)).inc()
         if access_log:
             log.info(
                 "request",
                 extra={
-                    "method": handler.request.method,
-                    "path": handler.request.path,
+                    "method": method,
+                    "path": path,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 3),
-                    "request_id": getattr(handler, "request_id", None),
+                    "request_id": rid,
                 },
             )
 
-    return tornado.web.Application(
+    def log_request(handler: Any) -> None:
+        request = handler.request
+        record(
+            getattr(handler, "name", "unknown"),
+            handler.get_status(),
+            request.method,
+            request.path,
+            request.request_time(),
+            getattr(handler, "request_id", None),
+        )
+
+    return GatewayApplication(
         [(pattern, handler, {"ctx": ctx}) for pattern, handler in ROUTES],
+        record,
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         log_function=log_request,
@@ -117,3 +130,21 @@ def make_app(
         xheaders=False,
         ctx=ctx,
     )
+
+
+class GatewayApplication(tornado.web.Application):
+    """Tornado's application, with the browser's return answered by ``ReturnLane`` first
+    (decision 35); every other request is routed as Tornado routes it."""
+
+    def __init__(self, routes: list[Any], record: Recorder, **settings: Any) -> None:
+        super().__init__(routes, **settings)
+        self.record = record
+        self.ctx: Context = settings["ctx"]
+        self.lane = self.ctx.settings.return_lane  # GATEWAY_RETURN_LANE
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        if not self.lane:
+            return super().start_request(server_conn, request_conn)
+        return ReturnLane(self, self.ctx, self.record, server_conn, request_conn)

@@ -66,6 +66,7 @@ class Settings:
     queue_monitor_s: int = 1  # how often each process reads the queue's length and lag
     ready_fail_on_lag: bool = False
     request_metrics: bool = True
+    return_lane: bool = True  # the browser's return below RequestHandler (decision 35)
     max_body_bytes: int = 16 * 1024
 
     def at(self, host: str, port: int) -> Settings:
@@ -184,6 +185,7 @@ class Settings:
             queue_monitor_s=env.integer("GATEWAY_QUEUE_MONITOR_S", 1, low=1, high=3600),
             ready_fail_on_lag=env.boolean("GATEWAY_READY_FAIL_ON_LAG", False),
             request_metrics=env.boolean("GATEWAY_REQUEST_METRICS", True),
+            return_lane=env.boolean("GATEWAY_RETURN_LANE", True),
         )
 
 

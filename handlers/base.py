@@ -8,6 +8,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from http.client import responses
 from typing import Any, ClassVar
 
 import orjson
@@ -36,6 +37,58 @@ _ids = itertools.count(1)
 PROBLEM_BASE = "https://payment-return-gateway.dev/problems/"
 
 
+def request_id(given: str) -> str:
+    """The caller's X-Request-ID when it is well-formed, else a new one."""
+    return given if REQUEST_ID_RE.match(given) else f"{_ID_PREFIX}{next(_ids):010x}"
+
+
+def describe(exc: BaseException | None) -> tuple[int, str, str, str, str]:
+    """What an exception is answered with: status, problem slug, title, detail, and the
+    reason label the metrics count it under."""
+    if isinstance(exc, GatewayError):
+        return exc.status, exc.slug, exc.title, exc.detail, exc.reason
+    if isinstance(exc, tornado.web.HTTPError):
+        status = exc.status_code
+        title = exc.reason or responses.get(status, "Unknown")
+        detail = (
+            exc.log_message % exc.args
+            if exc.log_message and exc.args
+            else (exc.log_message or title)
+        )
+        return status, f"http-{status}", title, detail, f"http_{status}"
+    detail = "the gateway failed to handle this request; it has been logged"
+    return 500, "internal", "Internal error", detail, "internal"
+
+
+def problem_body(status: int, slug: str, title: str, detail: str, path: str, rid: str) -> bytes:
+    """An RFC 9457 problem document, with the request's path and id."""
+    return orjson.dumps(
+        {
+            "type": PROBLEM_BASE + slug,
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": path,
+            "request_id": rid,
+        }
+    )
+
+
+def fields_of(sources: list[dict[str, list[bytes]]]) -> dict[str, str]:
+    """One value per field, UTF-8, from parsed query and form arguments in that order (a
+    later source wins over an earlier one for the same name)."""
+    fields: dict[str, str] = {}
+    for arguments in sources:
+        for name, values in arguments.items():
+            if len(values) != 1:
+                raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
+            try:
+                fields[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
+    return fields
+
+
 @dataclass
 class Context:
     """What handlers are given (through ``initialize``); built once by ``gateway.app``."""
@@ -60,8 +113,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx = ctx
         self.error_reason = ""
         ctx.in_flight += 1  # every handler object ends in on_finish, which takes it back
-        rid = self.request.headers.get("X-Request-ID", "")
-        self.request_id = rid if REQUEST_ID_RE.match(rid) else f"{_ID_PREFIX}{next(_ids):010x}"
+        self.request_id = request_id(self.request.headers.get("X-Request-ID", ""))
         self.set_header("X-Request-ID", self.request_id)
 
     def set_default_headers(self) -> None:
@@ -118,16 +170,7 @@ class BaseHandler(tornado.web.RequestHandler):
                     reason="content_type",
                 )
             sources.append(request.body_arguments)
-        fields: dict[str, str] = {}
-        for arguments in sources:
-            for name, values in arguments.items():
-                if len(values) != 1:
-                    raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
-                try:
-                    fields[name] = values[0].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
-        return fields
+        return fields_of(sources)
 
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -136,22 +179,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, GatewayError):
-            status, slug, title, detail = exc.status, exc.slug, exc.title, exc.detail
-            self.error_reason = exc.reason
-        elif isinstance(exc, tornado.web.HTTPError):
-            status, slug = exc.status_code, f"http-{exc.status_code}"
-            title = self._reason
-            detail = (
-                exc.log_message % exc.args
-                if exc.log_message and exc.args
-                else (exc.log_message or title)
-            )
-            self.error_reason = f"http_{status}"
-        else:
-            status, slug, title = 500, "internal", "Internal error"
-            detail = "the gateway failed to handle this request; it has been logged"
-            self.error_reason = "internal"
+        status, slug, title, detail, self.error_reason = describe(exc)
         self.set_status(status)
         if status == 405:
             self.set_header(
@@ -160,18 +188,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if 400 <= status < 500:
             self.ctx.metrics.bad_requests.labels(self.error_reason).inc()
         self.set_header("Content-Type", "application/problem+json")
-        self.finish(
-            orjson.dumps(
-                {
-                    "type": PROBLEM_BASE + slug,
-                    "title": title,
-                    "status": status,
-                    "detail": detail,
-                    "instance": self.request.path,
-                    "request_id": self.request_id,
-                }
-            )
-        )
+        self.finish(problem_body(status, slug, title, detail, self.request.path, self.request_id))
 
     def _implements(self, method: str) -> bool:
         return getattr(type(self), method.lower()) is not getattr(

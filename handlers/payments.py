@@ -4,7 +4,26 @@ from __future__ import annotations
 
 from gateway.errors import BadSignature, Mismatch
 from handlers import validate
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, Context
+
+
+async def return_target(
+    ctx: Context, provider_name: str, fields: dict[str, str]
+) -> tuple[str, str]:
+    """Settle a browser's return: the signed 303 target, and the reason it went to the
+    failure page for a notice that does not hold ('' otherwise). Raises the errors that are
+    answered 4xx/5xx (an unknown provider, txnid or field, Redis unavailable)."""
+    checkout = ctx.checkout
+    provider = checkout.provider(provider_name)
+    notice = provider.read_return(fields)
+    try:
+        verdict = await checkout.settle(provider, notice, "return")
+        return checkout.redirect(verdict), ""
+    except (BadSignature, Mismatch) as exc:
+        # A known payment, a notice that does not hold: the browser goes to the failure
+        # page, and nothing changes.
+        ctx.metrics.bad_requests.labels(exc.reason).inc()
+        return checkout.failure_redirect(exc.txnid or notice.txnid or "", exc.reason), exc.reason
 
 
 class PaymentHandler(BaseHandler):
@@ -34,19 +53,9 @@ class ReturnHandler(BaseHandler):
         await self._return(provider)
 
     async def _return(self, provider_name: str) -> None:
-        checkout = self.ctx.checkout
-        provider = checkout.provider(provider_name)
+        # handlers.return_lane answers the common case without this class; the same code
         fields = self.single_fields("the return")
-        notice = provider.read_return(fields)
-        try:
-            verdict = await checkout.settle(provider, notice, "return")
-            target = checkout.redirect(verdict)
-        except (BadSignature, Mismatch) as exc:
-            # A known payment, a notice that does not hold: the browser goes to the failure
-            # page, and nothing changes.
-            self.error_reason = exc.reason
-            self.ctx.metrics.bad_requests.labels(exc.reason).inc()
-            target = checkout.failure_redirect(exc.txnid or notice.txnid or "", exc.reason)
+        target, self.error_reason = await return_target(self.ctx, provider_name, fields)
         self.redirect(target, status=303)
 
 
