@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from gateway.signing import verify_query
-from handlers.return_lane import form_fields
+from handlers.return_lane import ascii_fields
 from tests import payu_sign
 from tests.conftest import PAYU_SALT, RETURN_SECRET, Client, drop_keys, open_gateway
 
@@ -131,7 +131,7 @@ async def test_failures_and_bad_requests_answer_alike(pair):
     assert still["status"] == "INITIATED"
 
 
-def test_form_fields_reads_what_tornado_reads():
+def test_ascii_fields_reads_what_tornado_reads():
     """Where the lane's parser reads a form, it reads what Tornado's parser and
     ``fields_of`` read; where it declines, Tornado's routing answers instead."""
     from tornado.escape import parse_qs_bytes
@@ -144,7 +144,7 @@ def test_form_fields_reads_what_tornado_reads():
         "name=%E2%82%AC+%26+%3D&k%20ey=v",
         "a=%zz&b=%4",  # invalid escapes pass through
     ]:
-        assert form_fields(text) == fields_of([parse_qs_bytes(text, True)]), text
+        assert ascii_fields(text) == fields_of([parse_qs_bytes(text, True)]), text
     for text in [
         "a=1&a=2",  # twice: Tornado's path answers 400
         "a=%FF",  # not UTF-8: 400
@@ -152,4 +152,4 @@ def test_form_fields_reads_what_tornado_reads():
         "é=1",  # not ASCII
         "a=1" + "&b=2" * 1000,  # more fields than Tornado takes
     ]:
-        assert form_fields(text) is None, text
+        assert ascii_fields(text) is None, text
