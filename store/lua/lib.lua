@@ -8,11 +8,14 @@ local NUMERIC = {
 }
 local RAW_JSON = { items = true }
 
+-- A hash as a table, or nil. In RESP3 Redis hands HGETALL's map over as a table it built
+-- itself: about 4 µs less per 16-field hash than building it in Lua from RESP2's flat array
+-- (decision 36). Only this call switches: the scripts read every other reply as RESP2.
 local function hload(key)
-  local flat = redis.call('HGETALL', key)
-  if #flat == 0 then return nil end
-  local t = {}
-  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  redis.setresp(3)
+  local t = redis.call('HGETALL', key).map
+  redis.setresp(2)
+  if next(t) == nil then return nil end
   return t
 end
 
@@ -35,12 +38,12 @@ end
 local function to_json(t)
   local doc, items = {}, nil
   for k, v in pairs(t) do
-    if RAW_JSON[k] then
-      items = v
-    elseif NUMERIC[k] then
+    if NUMERIC[k] then
       doc[k] = tonumber(v)
+    elseif RAW_JSON[k] then
+      items = v
     else
-      doc[k] = tostring(v)
+      doc[k] = v -- a string already: every other field comes from a hash, ARGV or a literal
     end
   end
   local text = cjson.encode(doc)
