@@ -5,9 +5,10 @@
 Starts a redis-server of its own under ``valgrind --tool=callgrind`` (on a free port, in a
 temporary folder, nothing kept on disk), opens ``--settles`` PayU payments with the
 gateway's scripts, zeroes the counters, settles them one after another with
-``payment_settle`` and prints Redis's instructions per settle (its command handling and
-network work included). Unlike ``INFO commandstats`` on this shared 2-vCPU host, the count
-does not move with the host's speed, so it ranks changes to the Lua scripts.
+``payment_settle`` and prints, as JSON, Redis's instructions per settle (its command
+handling and network work included) and what the settles did. Unlike ``INFO
+commandstats`` on this shared 2-vCPU host, the count does not move with the host's speed,
+so it ranks changes to the Lua scripts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from benchmarks.systems import open_payments
 from store.redis_store import RedisStore
@@ -33,7 +38,7 @@ def summary(path: Path) -> int:
     return int(match.group(1))
 
 
-async def count(settles: int, port: int, pid: int, folder: Path) -> int:
+async def count(settles: int, port: int, pid: int, folder: Path) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{port}/0"
     store = await RedisStore.connect(url, "gwri", cart_ttl_s=3600, payment_window_s=86400)
     try:
@@ -44,11 +49,20 @@ async def count(settles: int, port: int, pid: int, folder: Path) -> int:
         first, *rest = txnids
         await store.settle(first, "success", "payu", provider_payment_id="bench")  # warm
         subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+        outcomes: Counter[str] = Counter()
         for txnid in rest:
-            await store.settle(txnid, "success", "payu", provider_payment_id="bench")
+            done = await store.settle(txnid, "success", "payu", provider_payment_id="bench")
+            outcomes[
+                done if isinstance(done, str) else f"{done.status} applied={done.applied}"
+            ] += 1
         subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
         dumps = sorted(folder.glob("callgrind.out.*.*"))
-        return summary(dumps[-1]) // len(rest)
+        return {
+            "script": "payment_settle",
+            "settles": len(rest),
+            "outcomes": dict(outcomes),
+            "instructions_per_settle": summary(dumps[-1]) // len(rest),
+        }
     finally:
         await store.close()
 
@@ -83,8 +97,8 @@ def main() -> None:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("redis-server under valgrind did not start")
             time.sleep(0.5)
-        per = asyncio.run(count(args.settles, port, server.pid, folder))
-        print(f"payment_settle: {per:,} Redis instructions per call ({args.settles} settles)")
+        result = asyncio.run(count(args.settles, port, server.pid, folder))
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     finally:
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
         server.wait(60)

@@ -93,3 +93,11 @@ def test_instruction_count_benchmark_smoke():
     assert [r["system"] for r in result] == ["bare"]
     assert result[0]["statuses"] == {"303": 20}
     assert result[0]["instructions_per_return"] > 0
+
+
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
+def test_redis_instruction_count_benchmark_smoke():
+    result = run("benchmarks.redis_instructions", "--settles", "20")
+    assert result["settles"] == 20
+    assert result["outcomes"] == {"SUCCESS applied=True": 20}
+    assert result["instructions_per_settle"] > 0
