@@ -42,12 +42,12 @@ from benchmarks.return_rate import process_tree
 WARM = 200
 
 
-def _control(pid: int, *args: str) -> None:
+def callgrind_control(pid: int, *args: str) -> None:
     for p in process_tree(pid):  # the baselines serve from a forked child
         subprocess.run(["callgrind_control", *args, str(p)], capture_output=True, check=False)
 
 
-def _count(folder: str) -> int:
+def dumped_instructions(folder: str) -> int:
     """The instructions in the dumps callgrind wrote since the last zeroing."""
     total = 0
     for path in Path(folder).glob("cg.*"):
@@ -86,20 +86,20 @@ async def measure(kind: str, returns: int, redis_url: str, admin: str) -> dict[s
         for request in requests[:WARM]:
             writer.write(request)
             await openloop._read_response(reader)
-        _control(system.proc.pid, "-z")
-        _control(system.proc.pid, "-i", "on")
+        callgrind_control(system.proc.pid, "-z")
+        callgrind_control(system.proc.pid, "-i", "on")
         started = time.perf_counter()
         for request in requests[WARM:]:
             writer.write(request)
             status, _ = await openloop._read_response(reader)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
         wall = time.perf_counter() - started
-        _control(system.proc.pid, "-d")
-        busy = _count(folder)
+        callgrind_control(system.proc.pid, "-d")
+        busy = dumped_instructions(folder)
         await asyncio.sleep(wall)  # the same time with nothing to serve
-        _control(system.proc.pid, "-d")
-        idle = _count(folder)
-        _control(system.proc.pid, "-i", "off")
+        callgrind_control(system.proc.pid, "-d")
+        idle = dumped_instructions(folder)
+        callgrind_control(system.proc.pid, "-i", "off")
         writer.close()
     finally:
         await system.stop()

@@ -15,30 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
-import subprocess
 import tempfile
-import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from benchmarks.instructions import callgrind_control, dumped_instructions
 from benchmarks.systems import open_payments
 from store.redis_store import RedisStore
-from tests.services import free_port
+from tests.services import start_redis
 
 
-def summary(path: Path) -> int:
-    match = re.search(r"^summary: (\d+)", path.read_text(), re.M)
-    if match is None:
-        raise RuntimeError(f"no summary line in {path}")
-    return int(match.group(1))
-
-
-async def count(settles: int, port: int, pid: int, folder: Path) -> dict[str, Any]:
+async def count(settles: int, port: int, pid: int, folder: str) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{port}/0"
     store = await RedisStore.connect(url, "gwri", cart_ttl_s=3600, payment_window_s=86400)
     try:
@@ -48,20 +38,19 @@ async def count(settles: int, port: int, pid: int, folder: Path) -> dict[str, An
             txnids.append((await store.client.hgetall(key))["txnid"])
         first, *rest = txnids
         await store.settle(first, "success", "payu", provider_payment_id="bench")  # warm
-        subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+        callgrind_control(pid, "-z")
         outcomes: Counter[str] = Counter()
         for txnid in rest:
             done = await store.settle(txnid, "success", "payu", provider_payment_id="bench")
             outcomes[
                 done if isinstance(done, str) else f"{done.status} applied={done.applied}"
             ] += 1
-        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-        dumps = sorted(folder.glob("callgrind.out.*.*"))
+        callgrind_control(pid, "-d")
         return {
             "script": "payment_settle",
             "settles": len(rest),
             "outcomes": dict(outcomes),
-            "instructions_per_settle": summary(dumps[-1]) // len(rest),
+            "instructions_per_settle": dumped_instructions(folder) // len(rest),
         }
     finally:
         await store.close()
@@ -71,38 +60,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settles", type=int, default=600)
     args = parser.parse_args()
-    if not shutil.which("valgrind"):
-        raise SystemExit("needs valgrind (Debian: apt-get install valgrind)")
-    folder = Path(tempfile.mkdtemp(prefix="gw-redis-cg-"))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={folder}/callgrind.out.%p",
-            "redis-server",
-            *("--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    cg_folder = tempfile.mkdtemp(prefix="gw-callgrind-")
+    server, port, folder = start_redis(
+        prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg_folder}/cg.%p"],
+        startup_s=60.0,
     )
     try:
-        deadline = time.monotonic() + 60
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
-            ).stdout.strip()
-            != "PONG"
-        ):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("redis-server under valgrind did not start")
-            time.sleep(0.5)
-        result = asyncio.run(count(args.settles, port, server.pid, folder))
+        result = asyncio.run(count(args.settles, port, server.pid, cg_folder))
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        server.terminate()
         server.wait(60)
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(cg_folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,19 @@ def free_port() -> int:
 
 
 def start_redis(
-    extra: list[str] | None = None, port: int | None = None
+    extra: list[str] | None = None,
+    port: int | None = None,
+    prefix: list[str] | None = None,
+    startup_s: float = 10.0,
 ) -> tuple[subprocess.Popen[bytes], int, str]:
-    """A redis-server of the test's own (on ``port``, else a free one); returns (process,
-    port, folder)."""
+    """A redis-server of the test's own (on ``port``, else a free one; run by ``prefix``,
+    e.g. valgrind, when given); returns (process, port, folder)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     folder = tempfile.mkdtemp(prefix="gw-redis-")
     port = port or free_port()
     proc = subprocess.Popen(
         [
+            *(prefix or []),
             binary,
             "--port",
             str(port),
@@ -59,7 +63,7 @@ def start_redis(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + startup_s
     while not _answers("127.0.0.1", port, locked_too=True):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"redis-server did not start on port {port}")
