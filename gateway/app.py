@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import tornado.web
-from tornado import httputil
+from tornado.httpserver import HTTPServer
 
 from gateway import openapi
 from gateway.checkout import Checkout
@@ -27,13 +28,14 @@ from handlers.carts import (
 )
 from handlers.ops import HealthHandler, MetricsHandler, OpenAPIHandler, ReadyHandler
 from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, WebhookHandler
-from handlers.return_lane import Recorder, ReturnLane
+from handlers.return_lane import LaneServer, Recorder
 from handlers.sandbox import DemoResultHandler, SandboxPayHandler
 from store.pg_store import PgStore
 from store.redis_store import RedisStore
 
 log = logging.getLogger("gateway.http")
 SEG = r"([^/]+)"
+Server = HTTPServer | LaneServer  # what ``listen`` serves with: stop(), close_all_connections()
 
 # Tornado tries the routes in order, one regular expression each; the patterns are disjoint
 # (each is anchored), so the order only decides the cost: the providers' routes first.
@@ -75,7 +77,7 @@ def make_app(
     metrics: Metrics | None = None,
     providers: dict[str, Provider] | None = None,
     pg: PgStore | None = None,
-) -> tornado.web.Application:
+) -> GatewayApplication:
     """The application, with its ``Context`` reachable as ``app.settings['ctx']``."""
     metrics = metrics or Metrics()
     timed = settings.request_metrics
@@ -133,8 +135,8 @@ def make_app(
 
 
 class GatewayApplication(tornado.web.Application):
-    """Tornado's application, with the browser's return answered by ``ReturnLane`` first
-    (decision 35); every other request is routed as Tornado routes it."""
+    """Tornado's application, with what ``listen`` needs to put ``LaneServer`` in front of
+    it: the context, the per-request recorder, and whether the lane is on."""
 
     def __init__(self, routes: list[Any], record: Recorder, **settings: Any) -> None:
         super().__init__(routes, **settings)
@@ -142,9 +144,16 @@ class GatewayApplication(tornado.web.Application):
         self.ctx: Context = settings["ctx"]
         self.lane = self.ctx.settings.return_lane  # GATEWAY_RETURN_LANE
 
-    def start_request(
-        self, server_conn: object, request_conn: httputil.HTTPConnection
-    ) -> httputil.HTTPMessageDelegate:
-        if not self.lane:
-            return super().start_request(server_conn, request_conn)
-        return ReturnLane(self, self.ctx, self.record, server_conn, request_conn)
+
+async def listen(app: GatewayApplication, sockets: list[socket.socket], **options: Any) -> Server:
+    """Serve ``app`` on ``sockets``: through ``LaneServer`` (decision 38), which answers the
+    ordinary return itself and hands every other connection to Tornado's ``HTTPServer``
+    (made with ``options``), or, with ``GATEWAY_RETURN_LANE=false``, through that server
+    alone."""
+    server = HTTPServer(app, **options)
+    if not app.lane:
+        server.add_sockets(sockets)
+        return server
+    lane = LaneServer(server, app.ctx, app.record)
+    await lane.add_sockets(sockets)
+    return lane

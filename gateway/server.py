@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import tornado.httpserver
 import tornado.netutil
 import uvloop
 
-from gateway.app import make_app, open_stores
+from gateway.app import listen, make_app, open_stores
 from gateway.background import consumer_name, loop_lag, monitor, writebehind
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -49,12 +48,11 @@ async def serve(
                 "acknowledged payment can be lost if Redis dies before PostgreSQL holds it",
                 extra={"redis_durability": ctx.redis_durability},
             )
-        server = tornado.httpserver.HTTPServer(
-            app, max_body_size=1024 * 1024, idle_connection_timeout=60, xheaders=False
-        )
         sockets = tornado.netutil.bind_sockets(port, host, reuse_port=True)
         freeze_startup_objects()
-        server.add_sockets(sockets)
+        server = await listen(
+            app, sockets, max_body_size=1024 * 1024, idle_connection_timeout=60, xheaders=False
+        )
         stop = asyncio.Event()
         background = asyncio.Event()
         loop = asyncio.get_running_loop()

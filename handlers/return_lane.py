@@ -1,31 +1,40 @@
-"""The browser's return, answered below Tornado's ``RequestHandler`` (decision 35).
+"""The browser's return, answered on the gateway's own HTTP/1.1 connections (decisions 35, 38).
 
 Bare Tornado spends about 1,007k instructions on a request to a ``RequestHandler`` that
-answers a 303 with no work, and 482k when a ``HTTPMessageDelegate`` on the same HTTP server
-answers it: routing, ``HTTPServerRequest``, the handler object, its header bookkeeping and
-its hooks are the other half. The return is the one route where that is most of the cost,
-so ``GatewayApplication.start_request`` gives every request a ``ReturnLane`` first.
+answers a 303 with no work: about 480k in its HTTP/1 layer (``IOStream``,
+``HTTP1Connection``, header parsing and the coroutines between them) and the rest in
+routing, ``HTTPServerRequest`` and the handler. On the return, that was more than the
+gateway's own work. ``LaneServer`` accepts the gateway's connections as ``asyncio``
+protocols instead, and answers a request itself only when it is the ordinary return:
+``GET`` or ``POST`` to ``/v1/payments/<configured provider>/return`` over HTTP/1.1, a plain
+header block (each header once; no ``Transfer-Encoding``, ``Expect`` or
+``Content-Encoding``), a ``Content-Length`` body within the limit, ASCII fields each given
+once (``return_fields``). It answers with the same code as ``ReturnHandler``
+(``return_target``), and the same headers, problem+json, metrics and access log.
 
-The lane takes a request only in the ordinary shape: GET or POST to
-``/v1/payments/<configured provider>/return``, a form body (or none) within the size limit,
-every field once and in UTF-8. It then runs the same ``return_target`` as ``ReturnHandler``
-and answers with the same headers, metrics and access log. Anything else (another route,
-method or content type, a duplicate field, a body too large) it hands, before doing any
-work, to Tornado's own routing, replaying what it has read: those requests get exactly the
-answers they always had.
+Anything else hands the connection over to Tornado's ``HTTPServer``, which from then on
+serves it as it serves every connection, starting with the bytes already read: another
+route, a chunked body, HTTP/1.0, a malformed request all get Tornado's own answers, and
+``ReturnHandler`` answers a return in an unusual shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from http.client import responses
+from typing import cast
 from urllib.parse import unquote_plus
 
 import tornado.web
 from tornado import httputil
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 
 from gateway.errors import GatewayError
 from handlers.base import Context, describe, problem_body, request_id
@@ -40,6 +49,221 @@ NAME = ReturnHandler.name
 # (route name, status, method, path, elapsed seconds, request id): gateway.app's per-request
 # metrics and access log
 Recorder = Callable[[str, int, str, str, float, str], None]
+HEAD_LIMIT = 65536  # Tornado's max_header_size
+BACKLOG = 128  # Tornado's listen backlog (bind_sockets)
+IDLE_S = 60.0  # as gateway.server's idle_connection_timeout
+SWEEP_S = 5.0
+# The request line and a header block of token names and values without control
+# characters: what Tornado accepts without a 400. Anything else is handed over.
+HEAD_RE = re.compile(
+    rb"(GET|POST) (/[!-~]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"
+)
+FIELD_RE = re.compile(rb"([^:]+):([^\r]*)\r\n")
+HANDED_OVER = (b"transfer-encoding", b"expect", b"content-encoding")
+
+
+class LaneServer:
+    """Listens on ``sockets`` with ``ReturnProtocol``; what it does not answer goes to
+    ``tornado_server``. ``stop`` and ``close_all_connections`` as on Tornado's server."""
+
+    def __init__(self, tornado_server: HTTPServer, ctx: Context, record: Recorder) -> None:
+        self.tornado, self.ctx, self.record = tornado_server, ctx, record
+        self.providers = frozenset(ctx.checkout.providers)
+        self.listeners: list[asyncio.Server] = []
+        self.connections: set[ReturnProtocol] = set()
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    async def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            server = await loop.create_server(
+                lambda: ReturnProtocol(self), sock=sock, backlog=BACKLOG
+            )
+            self.listeners.append(server)
+        self.sweeper = loop.call_later(SWEEP_S, self._sweep)
+
+    def stop(self) -> None:
+        """Stop accepting connections (those open go on)."""
+        for server in self.listeners:
+            server.close()
+        self.tornado.stop()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+
+    async def close_all_connections(self) -> None:
+        """Close every connection: ours once its answer is out, then Tornado's."""
+        while self.connections:
+            for conn in list(self.connections):
+                if not conn.busy:
+                    conn.transport.close()
+                    self.connections.discard(conn)
+            if self.connections:
+                await asyncio.sleep(0.01)
+        await self.tornado.close_all_connections()
+
+    def _sweep(self) -> None:
+        """Close connections idle (or stuck in a request's head) for IDLE_S."""
+        deadline = time.monotonic() - IDLE_S
+        for conn in list(self.connections):
+            if not conn.busy and conn.since < deadline:
+                conn.transport.close()
+        self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+
+class ReturnProtocol(asyncio.Protocol):
+    """One client connection: answers ordinary returns in order, hands over the rest."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, server: LaneServer) -> None:
+        self.server = server
+        self.buf = b""
+        self.busy = False  # a request is being answered; later ones wait in buf
+        self.paused = False
+        self.leaving = False  # handed over once what was written has gone out
+        self.task: asyncio.Future[None] | None = None  # the answer being made
+        self.since = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+        if self.busy:  # pipelined: bound what waits
+            if len(self.buf) > HEAD_LIMIT + self.server.ctx.settings.max_body_bytes:
+                self.transport.pause_reading()
+                self.paused = True
+        else:
+            self._next()
+
+    def _next(self) -> None:
+        """Answer the request at the head of ``buf`` when it is whole and ordinary."""
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end > HEAD_LIMIT:
+            if len(buf) > HEAD_LIMIT:
+                self._hand_over()  # Tornado answers a head too large
+            return
+        head = HEAD_RE.match(buf, 0, end + 4)
+        if head is None:
+            self._hand_over()
+            return
+        method, target, block = head.groups()
+        fields = FIELD_RE.findall(block)
+        headers = {name.lower(): value.strip() for name, value in fields}
+        if len(headers) != len(fields) or any(name in headers for name in HANDED_OVER):
+            self._hand_over()
+            return
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.server.ctx.settings.max_body_bytes:
+            self._hand_over()
+            return
+        total = end + 4 + int(length)
+        if len(buf) < total:
+            return  # the body is still coming
+        path, _, query = target.decode("ascii").partition("?")
+        provider = path[len(PREFIX) : -len(SUFFIX)]
+        host = headers.get(b"host")
+        if (
+            not path.startswith(PREFIX)
+            or not path.endswith(SUFFIX)
+            or provider not in self.server.providers
+            or host is None
+            or b"," in host
+        ):
+            self._hand_over()
+            return
+        method_s = method.decode("ascii")
+        form = return_fields(
+            self.server.ctx,
+            method_s,
+            query,
+            length.decode("ascii"),
+            headers.get(b"content-type", b"").decode("latin-1"),
+            buf[end + 4 : total],
+        )
+        if form is None:
+            self._hand_over()
+            return
+        self.busy = True
+        closing = headers.get(b"connection", b"").lower() == b"close"
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        started = time.perf_counter()
+        self.task = asyncio.ensure_future(
+            self._answer(method_s, path, provider, form, given, closing, started)
+        )
+        self.buf = buf[total:]
+
+    async def _answer(
+        self,
+        method: str,
+        path: str,
+        provider: str,
+        fields: dict[str, str],
+        given_id: str,
+        closing: bool,
+        started: float,
+    ) -> None:
+        status, headers, body, rid = await respond(
+            self.server.ctx, method, path, provider, fields, given_id
+        )
+        if closing:
+            headers["Connection"] = "close"
+        lines = [f"HTTP/1.1 {status} {responses.get(status, 'Unknown')}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        transport = self.transport
+        if not transport.is_closing():
+            # UTF-8, as Tornado sends the Location of a redirect (the rest is ASCII)
+            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            if closing:
+                transport.close()
+        self.server.record(NAME, status, method, path, time.perf_counter() - started, rid)
+        self.busy = False
+        self.since = time.monotonic()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        if self.buf and not closing:
+            self._next()
+
+    def resume_writing(self) -> None:
+        if self.leaving:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the connection, and what has been read of it, to Tornado's server, once
+        the answers written to it have gone out."""
+        transport = self.transport
+        transport.pause_reading()
+        if transport.get_write_buffer_size() and not transport.is_closing():
+            self.leaving = True  # resume_writing comes when the buffer is empty
+            transport.set_write_buffer_limits(high=0)
+            return
+        self.leaving = False
+        self.server.connections.discard(self)
+        raw = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        if raw is None or transport.is_closing():
+            transport.abort()
+            return
+        # The transport closes its descriptor; a duplicate keeps the connection open.
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        transport.abort()
+        tornado = self.server.tornado
+        stream = IOStream(
+            sock, max_buffer_size=tornado.max_buffer_size, read_chunk_size=tornado.read_chunk_size
+        )
+        if self.buf:  # Tornado's connection reads these first (tornado 6.6's IOStream)
+            stream._read_buffer += self.buf
+            stream._read_buffer_size += len(self.buf)
+            self.buf = b""
+        tornado.handle_stream(stream, peer)
 
 
 class _Date:
@@ -84,139 +308,59 @@ def ascii_fields(text: str) -> dict[str, str] | None:
     return fields if len(fields) == len(parts) else None
 
 
-class ReturnLane(httputil.HTTPMessageDelegate):
-    def __init__(
-        self,
-        app: tornado.web.Application,
-        ctx: Context,
-        record: Recorder,
-        server_conn: object,
-        request_conn: httputil.HTTPConnection,
-    ) -> None:
-        self.app, self.ctx, self.record = app, ctx, record
-        self.server_conn, self.request_conn = server_conn, request_conn
-        self.inner: httputil.HTTPMessageDelegate | None = None  # Tornado's, once handed over
-        self.chunks: list[bytes] = []
-        self.task: asyncio.Task[None] | None = None
-
-    # -- HTTPMessageDelegate -------------------------------------------------------------
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> Awaitable[None] | None:
-        assert isinstance(start_line, httputil.RequestStartLine)
-        self.started = time.perf_counter()
-        self.start_line, self.headers = start_line, headers
-        path, _, self.query = start_line.path.partition("?")
-        provider = path[len(PREFIX) : -len(SUFFIX)]
-        if (
-            start_line.method in ("POST", "GET")
-            and path.startswith(PREFIX)
-            and path.endswith(SUFFIX)
-            and provider in self.ctx.checkout.providers
-            and "Content-Encoding" not in headers
-            and "," not in headers.get("Host", "")
-        ):
-            self.path, self.provider = path, provider
-            return None
-        return self._hand_over()
-
-    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        if self.inner is not None:
-            return self.inner.data_received(chunk)
-        self.chunks.append(chunk)
+def return_fields(
+    ctx: Context, method: str, query: str, length: str | None, ctype: str, body: bytes
+) -> dict[str, str] | None:
+    """The return's fields, as ``BaseHandler.single_fields`` reads them; None when the
+    request is not in the shape the lane answers (Tornado's routing then does)."""
+    limit = ctx.settings.max_body_bytes
+    if len(body) > limit or (length is not None and length.isdigit() and int(length) > limit):
         return None
-
-    def finish(self) -> None:
-        if self.inner is not None:
-            self.inner.finish()
-            return
-        fields = self._fields()
-        if fields is None:  # not the ordinary shape: Tornado's routing answers it
-            self._hand_over()
-            inner = self.inner
-            assert inner is not None
-            for chunk in self.chunks:
-                inner.data_received(chunk)
-            inner.finish()
-            return
-        self.task = asyncio.ensure_future(self._answer(fields))
-
-    def on_connection_close(self) -> None:
-        if self.inner is not None:
-            self.inner.on_connection_close()
-
-    # -- the lane -------------------------------------------------------------------------
-
-    def _hand_over(self) -> Awaitable[None] | None:
-        self.inner = tornado.web.Application.start_request(
-            self.app, self.server_conn, self.request_conn
-        )
-        return self.inner.headers_received(self.start_line, self.headers)
-
-    def _fields(self) -> dict[str, str] | None:
-        """The return's fields, as ``BaseHandler.single_fields`` reads them; None when the
-        request is not in the shape this lane answers."""
-        body = b"".join(self.chunks) if self.chunks else b""
-        limit = self.ctx.settings.max_body_bytes
-        length = self.headers.get("Content-Length")
-        if len(body) > limit or (length is not None and length.isdigit() and int(length) > limit):
-            return None
-        fields = ascii_fields(self.query) if self.query else {}
-        if fields is None or self.start_line.method != "POST" or not body:
-            return fields
-        ctype = self.headers.get("Content-Type", "")
-        if not ctype.startswith(FORM) or ctype.split(";")[0].strip().lower() != FORM:
-            return None  # 415, or a casing Tornado would not parse as a form
-        if not body.isascii():
-            return None
-        form = ascii_fields(body.decode("ascii"))
-        if form is None:
-            return None
-        fields.update(form)  # a form field wins over a query field of the same name
+    fields = ascii_fields(query) if query else {}
+    if fields is None or method != "POST" or not body:
         return fields
+    if not ctype.startswith(FORM) or ctype.split(";")[0].strip().lower() != FORM:
+        return None  # 415, or a casing Tornado would not parse as a form
+    if not body.isascii():
+        return None
+    form = ascii_fields(body.decode("ascii"))
+    if form is None:
+        return None
+    fields.update(form)  # a form field wins over a query field of the same name
+    return fields
 
-    async def _answer(self, fields: dict[str, str]) -> None:
-        ctx = self.ctx
-        rid = request_id(self.headers.get("X-Request-ID", ""))
-        ctx.in_flight += 1
+
+async def respond(
+    ctx: Context, method: str, path: str, provider: str, fields: dict[str, str], given_id: str
+) -> tuple[int, dict[str, str], bytes, str]:
+    """Settle the return and say what to answer: status, the headers a ``RequestHandler``
+    of this gateway sends (in its order), body, and the request id."""
+    rid = request_id(given_id)
+    ctx.in_flight += 1
+    try:
+        location = ""
         try:
-            location = ""
-            try:
-                location, _ = await return_target(ctx, self.provider, fields)
-                status, ctype, body = 303, "text/html; charset=UTF-8", b""
-            except Exception as exc:  # answered as BaseHandler.write_error answers it
-                status, slug, title, detail, reason = describe(exc)
-                if not isinstance(exc, GatewayError | tornado.web.HTTPError):
-                    log.error(
-                        "uncaught exception",
-                        exc_info=True,
-                        extra={"method": self.start_line.method, "path": self.path},
-                    )
-                if 400 <= status < 500:
-                    ctx.metrics.bad_requests.labels(reason).inc()
-                ctype = "application/problem+json"
-                body = problem_body(status, slug, title, detail, self.path, rid)
-            # the headers a RequestHandler of this gateway sends, in its order
-            headers = {
-                "Content-Type": ctype,
-                "Date": _Date.now(),
-                "Cache-Control": "no-store",
-                "X-Request-ID": rid,
-            }
-            if location:
-                headers["Location"] = location
-            headers["Content-Length"] = str(len(body))
-            self.request_conn.write_headers(
-                httputil.ResponseStartLine("", status, responses.get(status, "Unknown")),
-                httputil.HTTPHeaders(headers),
-                body or None,
-            )
-            self.request_conn.finish()
-        finally:
-            ctx.in_flight -= 1
-        self.record(
-            NAME, status, self.start_line.method, self.path, time.perf_counter() - self.started, rid
-        )
+            location, _ = await return_target(ctx, provider, fields)
+            status, ctype, body = 303, "text/html; charset=UTF-8", b""
+        except Exception as exc:  # answered as BaseHandler.write_error answers it
+            status, slug, title, detail, reason = describe(exc)
+            if not isinstance(exc, GatewayError | tornado.web.HTTPError):
+                log.error(
+                    "uncaught exception", exc_info=True, extra={"method": method, "path": path}
+                )
+            if 400 <= status < 500:
+                ctx.metrics.bad_requests.labels(reason).inc()
+            ctype = "application/problem+json"
+            body = problem_body(status, slug, title, detail, path, rid)
+        headers = {
+            "Content-Type": ctype,
+            "Date": _Date.now(),
+            "Cache-Control": "no-store",
+            "X-Request-Id": rid,  # as Tornado spells it on the wire
+        }
+        if location:
+            headers["Location"] = location
+        headers["Content-Length"] = str(len(body))
+        return status, headers, body, rid
+    finally:
+        ctx.in_flight -= 1

@@ -19,11 +19,10 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio
-import tornado.httpserver
 import tornado.testing
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from gateway.app import make_app
+from gateway.app import Server, listen, make_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from store.pg_store import PgStore, migrate
@@ -189,9 +188,7 @@ def settings(prefix: str, razorpay_api: RazorpayStandIn) -> Settings:
     return Settings.from_env(env)
 
 
-async def open_gateway(
-    settings: Settings, pg: PgStore | None = None
-) -> tuple[Client, tornado.httpserver.HTTPServer]:
+async def open_gateway(settings: Settings, pg: PgStore | None = None) -> tuple[Client, Server]:
     store = await RedisStore.connect(
         settings.redis_url,
         settings.redis_prefix,
@@ -200,8 +197,7 @@ async def open_gateway(
     )
     app = make_app(settings, store, Metrics(), pg=pg)
     sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(app, max_body_size=1024 * 1024)
-    server.add_sockets([sock])
+    server = await listen(app, [sock], max_body_size=1024 * 1024)
     client = Client(f"http://127.0.0.1:{port}", store, settings)
     client.app = app  # type: ignore[attr-defined]
     return client, server
@@ -230,7 +226,7 @@ async def gw(settings: Settings) -> AsyncIterator[Client]:
 @pytest.fixture
 async def make_gw(prefix: str, razorpay_api: RazorpayStandIn) -> AsyncIterator[Any]:
     """Factory for a gateway with changed settings: ``await make_gw(cart_ttl_s=1)``."""
-    opened: list[tuple[Client, tornado.httpserver.HTTPServer]] = []
+    opened: list[tuple[Client, Server]] = []
 
     async def factory(**changes: Any) -> Client:
         base = Settings.from_env(base_env(prefix, GATEWAY_RAZORPAY_API_URL=razorpay_api.url))
@@ -318,7 +314,7 @@ async def make_durable(
     """Factory: ``await make_durable(worker=True, **writebehind_config_changes)``."""
     from gateway.background import writebehind
 
-    opened: list[tuple[DurableClient, tornado.httpserver.HTTPServer]] = []
+    opened: list[tuple[DurableClient, Server]] = []
 
     async def factory(worker: bool = True, database: str | None = None, **wb: Any) -> DurableClient:
         env = base_env(

@@ -1,15 +1,19 @@
 """The return lane (handlers/return_lane.py) answers as Tornado's ReturnHandler does.
 
-Two gateways share one Redis prefix: one with the lane (the default), one with
-``GATEWAY_RETURN_LANE=false``, which routes the return through ``ReturnHandler``. The same
-requests go to both and must get the same status, headers and body. Successes are compared
-through their replays: a success sent to one and replayed to the other redirects to the
-same signed target, and leaves one booking.
+Two gateways share one Redis prefix: one with the lane (the default: ``LaneServer`` takes
+the connections and answers ordinary returns itself), one with ``GATEWAY_RETURN_LANE=false``
+(Tornado's ``HTTPServer`` takes them and routes the return to ``ReturnHandler``). The same
+requests go to both and must get the same status, headers and body, on the wire too, and
+requests the lane does not take must reach Tornado whole. Successes are compared through
+their replays: a success sent to one and replayed to the other redirects to the same
+signed target, and leaves one booking.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,9 +22,10 @@ import orjson
 import pytest
 
 from gateway.signing import verify_query
+from handlers import return_lane
 from handlers.return_lane import ascii_fields
 from tests import payu_sign
-from tests.conftest import PAYU_SALT, RETURN_SECRET, Client, drop_keys, open_gateway
+from tests.conftest import API_KEY, PAYU_SALT, RETURN_SECRET, Client, drop_keys, open_gateway
 
 RETURN = "/v1/payments/payu/return"
 UNCOMPARED = {"Date"}  # the clock's
@@ -153,3 +158,194 @@ def test_ascii_fields_reads_what_tornado_reads():
         "a=1" + "&b=2" * 1000,  # more fields than Tornado takes
     ]:
         assert ascii_fields(text) is None, text
+
+
+# -- on the wire: the lane's own connections (LaneServer) ---------------------------------
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
+
+def port_of(client: Client) -> int:
+    return int(client.base_url.rsplit(":", 1)[1])
+
+
+def raw_return(body: bytes, *extra: str, version: str = "HTTP/1.1", path: str = RETURN) -> bytes:
+    head = [
+        f"POST {path} {version}",
+        "Host: 127.0.0.1",
+        "Content-Type: application/x-www-form-urlencoded",
+        f"Content-Length: {len(body)}",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def raw_get(path: str, *extra: str) -> bytes:
+    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *extra]) + "\r\n\r\n").encode()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer | None:
+    """One answer as sent: status, headers in their order and spelling (Date left out),
+    body; None when the connection closed first."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:] if line)]
+    length = int(dict(headers).get("Content-Length", "0"))
+    body = await reader.readexactly(length)
+    return int(lines[0].split(" ")[1]), [h for h in headers if h[0] != "Date"], body
+
+
+async def exchange(
+    client: Client, *pieces: bytes, answers: int, gap: float = 0.0
+) -> tuple[list[Answer | None], bool]:
+    """Send ``pieces`` on one connection (``gap`` seconds apart, each its own segment), read
+    ``answers`` answers, and tell whether the server then closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(client))
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            if gap:
+                await asyncio.sleep(gap)
+        got = [await asyncio.wait_for(read_answer(reader), 10) for _ in range(answers)]
+        try:
+            closed = await asyncio.wait_for(reader.read(1), 0.3) == b""
+        except TimeoutError:
+            closed = False
+        return got, closed
+    finally:
+        writer.close()
+
+
+async def test_answers_on_the_wire_are_tornados(pair):
+    """Byte for byte (but the Date), the lane's answers are what Tornado sends, and requests
+    the lane hands over get Tornado's own answers."""
+    lane, routed = pair
+    payment = await open_payment(lane)
+    tampered = signed_form(payment, hash="0" * 128)
+    unknown = signed_form(payment, txnid="t" + "9" * 31)
+    rid = "X-Request-ID: wire-1"
+    chunked = (
+        (
+            f"POST {RETURN} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n{rid}\r\n\r\n"
+            f"{len(tampered):x}\r\n"
+        ).encode()
+        + tampered
+        + b"\r\n0\r\n\r\n"
+    )
+    cases: list[tuple[str, bytes]] = [
+        ("tampered", raw_return(tampered, rid)),
+        ("connection close", raw_return(tampered, rid, "Connection: close")),
+        ("unknown txnid", raw_return(unknown, rid)),
+        ("query only", raw_get(RETURN + "?status=success", rid)),
+        ("chunked", chunked),
+        ("HTTP/1.0", raw_return(tampered, rid, version="HTTP/1.0")),
+        (
+            "HTTP/1.0 keep-alive",
+            raw_return(tampered, rid, "Connection: keep-alive", version="HTTP/1.0"),
+        ),
+        ("a header twice", raw_return(tampered, rid, "X-Thing: 1", "X-Thing: 2")),
+        ("a folded header", raw_return(tampered, rid, "X-Thing: 1", " continued")),
+        ("no Host", raw_return(tampered, rid).replace(b"Host: 127.0.0.1\r\n", b"")),
+        ("a head too large", raw_return(tampered, rid, "X-Big: " + "b" * 70_000)),
+        ("not HTTP", b"HELLO\r\n\r\n"),
+    ]
+    for name, request in cases:
+        a = await exchange(lane, request, answers=1)
+        b = await exchange(routed, request, answers=1)
+        assert a == b, name
+        assert a[0][0] is not None or name in ("a head too large", "not HTTP"), name
+    (status, headers, _), *_ = (await exchange(lane, raw_return(tampered, rid), answers=1))[0]
+    assert status == 303 and "reason=bad_signature" in dict(headers)["Location"]
+    still = await lane.json("GET", f"/v1/payments/{payment['txnid']}")
+    assert still["status"] == "INITIATED"
+
+
+async def test_pipelined_returns_then_a_route_on_one_connection(pair):
+    """Two returns and a merchant call in one write: answered in order, the third by
+    Tornado once the lane has handed the connection over."""
+    lane, _ = pair
+    one, two = await open_payment(lane), await open_payment(lane)
+    auth = f"Authorization: Bearer {API_KEY}"
+    got, closed = await exchange(
+        lane,
+        raw_return(signed_form(one))
+        + raw_return(signed_form(two))
+        + raw_get(f"/v1/payments/{one['txnid']}", auth),
+        answers=3,
+    )
+    assert not closed
+    (s1, h1, _), (s2, h2, _), (s3, _, body) = got  # type: ignore[misc]
+    assert (s1, s2, s3) == (303, 303, 200)
+    assert f"txnid={one['txnid']}" in dict(h1)["Location"]
+    assert f"txnid={two['txnid']}" in dict(h2)["Location"]
+    assert "status=success" in dict(h2)["Location"]
+    assert orjson.loads(body)["status"] == "SUCCESS"
+    paid = await lane.json("GET", f"/v1/payments/{two['txnid']}")
+    assert paid["status"] == "SUCCESS"
+
+
+async def test_a_return_arriving_in_pieces(pair):
+    lane, _ = pair
+    payment = await open_payment(lane)
+    request = raw_return(signed_form(payment))
+    pieces = [request[i : i + 7] for i in range(0, len(request), 7)]
+    got, _ = await exchange(lane, *pieces, answers=1, gap=0.002)
+    status, headers, _ = got[0]  # type: ignore[misc]
+    assert status == 303 and "status=success" in dict(headers)["Location"]
+    paid = await lane.json("GET", f"/v1/payments/{payment['txnid']}")
+    assert paid["status"] == "SUCCESS"
+
+
+async def test_a_route_then_a_return_on_one_connection(pair):
+    """Handed over by its first request, the connection's return is Tornado's to answer."""
+    lane, _ = pair
+    payment = await open_payment(lane)
+    got, _ = await exchange(
+        lane, raw_get("/healthz"), raw_return(signed_form(payment)), answers=2, gap=0.05
+    )
+    assert [answer[0] for answer in got if answer] == [200, 303]
+    paid = await lane.json("GET", f"/v1/payments/{payment['txnid']}")
+    assert paid["status"] == "SUCCESS"
+
+
+async def test_a_client_gone_before_its_answer_still_pays(pair):
+    lane, _ = pair
+    payment = await open_payment(lane)
+    _, writer = await asyncio.open_connection("127.0.0.1", port_of(lane))
+    writer.write(raw_return(signed_form(payment)))
+    await writer.drain()
+    writer.close()
+    for _ in range(100):
+        paid = await lane.json("GET", f"/v1/payments/{payment['txnid']}")
+        if paid["status"] == "SUCCESS":
+            break
+        await asyncio.sleep(0.02)
+    assert paid["status"] == "SUCCESS"
+    got, _ = await exchange(lane, raw_get("/healthz"), answers=1)
+    assert got[0] is not None and got[0][0] == 200
+
+
+async def test_idle_and_half_sent_connections_are_closed(settings, monkeypatch):
+    monkeypatch.setattr(return_lane, "IDLE_S", 0.3)
+    monkeypatch.setattr(return_lane, "SWEEP_S", 0.1)
+    gw, server = await open_gateway(settings)
+    try:
+        idle = await asyncio.open_connection("127.0.0.1", port_of(gw))
+        half = await asyncio.open_connection("127.0.0.1", port_of(gw))
+        half[1].write(b"POST /v1/payments/payu/return HTTP/1.1\r\nHost: x\r\n")
+        await half[1].drain()
+        for reader, writer in (idle, half):
+            assert await asyncio.wait_for(reader.read(1), 3) == b""
+            writer.close()
+    finally:
+        server.stop()
+        await server.close_all_connections()
+        await gw.close()
+        await gw.store.close()
+        await drop_keys(settings.redis_url, settings.redis_prefix)

@@ -11,11 +11,14 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as redis_client
 
-from tests.conftest import API_KEY, base_env, drop_keys
+from tests import payu_sign
+from tests.conftest import API_KEY, PAYU_SALT, REDIS_URL, base_env, drop_keys
 from tests.services import free_port
 
 
@@ -54,8 +57,6 @@ def worker_pids(port: int, want: int = 2) -> set[int]:
 
 @pytest.fixture
 def env(prefix, razorpay_api, database_url):
-    from tests.conftest import REDIS_URL
-
     port = free_port()
     return base_env(
         prefix,
@@ -143,6 +144,59 @@ async def test_sigterm_finishes_in_flight_requests(env, razorpay_api, prefix):
             proc.kill()
         proc.wait()
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+async def test_sigterm_finishes_a_return_in_flight(env, prefix):
+    """A return the lane is answering when SIGTERM comes (Redis held up by CLIENT PAUSE) is
+    settled and answered before the process exits."""
+    port = int(env["GATEWAY_PORT"])
+    proc = start(env)
+    redis = redis_client.Redis.from_url(REDIS_URL)
+    try:
+        await asyncio.to_thread(wait_ready, port, proc)
+        payment = await asyncio.to_thread(start_payment, port)
+        form = payu_sign.response_form(payment["redirect"]["fields"], "success", PAYU_SALT)
+        body = urllib.parse.urlencode(form).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await redis.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        writer.write(
+            b"POST /v1/payments/payu/return HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 303 ")
+        assert b"status=success" in head and b"booking_id=" in head
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+        await redis.aclose()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+def start_payment(port: int) -> dict[str, Any]:
+    """A PayU payment on a cart of one service, started through the gateway's API."""
+
+    def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return dict(orjson.loads(r.read()))
+
+    cart = call("/v1/carts", {"user_id": "u", "currency": "INR"})
+    item = {"service_id": "s", "name": "S", "unit_amount": 100, "quantity": 1}
+    call(f"/v1/carts/{cart['cart_id']}/items", item)
+    customer = {"firstname": "A", "email": "a@b.co", "phone": "9876543210"}
+    return call(f"/v1/carts/{cart['cart_id']}/payments", {"provider": "payu", "customer": customer})
 
 
 async def test_workers_share_the_port(env, prefix):
