@@ -1,11 +1,16 @@
 """The two baselines the gateway is measured against, as servers of the same shape.
 
     python -m benchmarks.baselines bare --port P [--processes 2]
+    python -m benchmarks.baselines protocol --port P [--processes 2]
     python -m benchmarks.baselines sync --port P --dsn DSN --salt SALT [--processes 2]
     python -m benchmarks.baselines hotpath --port P --redis URL --prefix P --salt SALT
 
 ``bare``: the framework's ceiling. A Tornado handler answering the return with the same 303
 and no work at all.
+
+``protocol``: the ceiling of the connections the gateway's return runs on since decision 38
+(``handlers.return_lane.LaneServer``): an ``asyncio`` protocol on uvloop that finds the end
+of the request's head and body and answers the same 303, with no work at all.
 
 ``sync``: the synchronous design this gateway replaces. The handler verifies the same PayU
 reverse hash, then, in the request, with a blocking driver (psycopg2), on the gateway's own
@@ -21,7 +26,7 @@ write-behind reads its events, no PostgreSQL, no metrics, no logging, no request
 route. It tells how much of the gap to bare Tornado is the hot path itself and how much is
 the rest of the gateway.
 
-All three fork ``--processes`` processes, each binding its own SO_REUSEPORT socket, like
+All of them fork ``--processes`` processes, each binding its own SO_REUSEPORT socket, like
 ``gateway serve --workers``.
 """
 
@@ -35,11 +40,13 @@ import hmac
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from tornado import httputil
 
 TARGET = "https://merchant.example/ok?txnid={txnid}&booking_id={booking_id}&status=success"
 
@@ -67,6 +74,30 @@ def reverse_hash(f: dict[str, str], salt: str) -> str:
 class Bare(tornado.web.RequestHandler):
     def post(self) -> None:
         self.redirect(TARGET.format(txnid="t", booking_id="b"), status=303)
+
+
+class BareProtocol(asyncio.Protocol):
+    """Bare Tornado's answer, on a bare connection: no parsing beyond the framing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            location = TARGET.format(txnid="t", booking_id="b")
+            self.transport.write(
+                f"HTTP/1.1 303 See Other\r\nContent-Type: text/html; charset=UTF-8\r\n"
+                f"Date: {httputil.format_timestamp(time.time())}\r\nLocation: {location}\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
 
 
 class Sync(tornado.web.RequestHandler):
@@ -163,13 +194,17 @@ def serve(kind: str, port: int, dsn: str, salt: str, redis: str = "", prefix: st
 
             store = await RedisStore.connect(redis, prefix, cart_ttl_s=3600, payment_window_s=86400)
             handlers[0][2]["store"] = store
-        server = tornado.httpserver.HTTPServer(tornado.web.Application(handlers))
-        server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True))
-        stop = asyncio.Event()
+        sockets = tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True)
         loop = asyncio.get_running_loop()
+        if kind == "protocol":
+            for sock in sockets:
+                await loop.create_server(BareProtocol, sock=sock, backlog=128)
+        else:
+            server = tornado.httpserver.HTTPServer(tornado.web.Application(handlers))
+            server.add_sockets(sockets)
+        stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
-        server.stop()
 
     import uvloop
 
@@ -178,7 +213,7 @@ def serve(kind: str, port: int, dsn: str, salt: str, redis: str = "", prefix: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["bare", "sync", "hotpath"])
+    parser.add_argument("kind", choices=["bare", "protocol", "sync", "hotpath"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--dsn", default="")

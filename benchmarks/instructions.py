@@ -1,7 +1,7 @@
 """Instructions per return in one serving process, counted by callgrind: a figure that does
 not drift with the host.
 
-    python -m benchmarks.instructions [--returns 1000] [--systems gateway,hotpath,bare]
+    python -m benchmarks.instructions [--returns 1000] [--systems gateway,hotpath,bare,protocol]
 
 End-to-end CPU figures on this VM move by 5-15 % from run to run, more than most changes to
 the return path are worth. ``valgrind --tool=callgrind`` counts the instructions a process
@@ -67,6 +67,7 @@ async def measure(kind: str, returns: int, redis_url: str, admin: str) -> dict[s
         "gateway": lambda: systems.Gateway(1, admin, redis_url),
         "hotpath": lambda: systems.HotPath(1, redis_url),
         "bare": lambda: systems.Bare(1),
+        "protocol": lambda: systems.BareProtocol(1),
     }[kind]()
     system.command_prefix = (
         *("valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no"),
@@ -142,5 +143,5 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--returns", type=int, default=1000)
-    parser.add_argument("--systems", default="gateway,hotpath,bare")
+    parser.add_argument("--systems", default="gateway,hotpath,bare,protocol")
     print(orjson.dumps(asyncio.run(main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())

@@ -18,7 +18,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for r, color in zip(results, ("tab:blue", "tab:gray", "tab:red", "tab:green"), strict=False):
+    for r, color in zip(
+        results, ("tab:blue", "tab:gray", "tab:purple", "tab:red", "tab:green"), strict=False
+    ):
         rates = [p["offered_rate"] for p in r["points"]]
         ax.plot(
             rates, [p["p99_ms"] for p in r["points"]], "o-", color=color, label=f"{r['system']} p99"
@@ -71,6 +73,14 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         f"gateway / synchronous **{ratio(g, s)}** (target ≥ 5). "
         f"Every-point-held rates: **{ratio(gs, bs)}** and **{ratio(gs, ss)}**.",
     ]
+    if "protocol" in by:
+        p, ps = by["protocol"]["max_rate_within_18ms"], by["protocol"]["sustained_rate_within_18ms"]
+        lines.append(
+            f"Against the ceiling of the connections the gateway's return runs on since "
+            f"decision 38 (a bare asyncio protocol answering the same 303): gateway / bare "
+            f"protocol **{ratio(g, p)}** (every point held: {ratio(gs, ps)}); bare protocol / "
+            f"bare Tornado {ratio(p, b)}."
+        )
     if "hotpath" in by:
         h, hs = by["hotpath"]["max_rate_within_18ms"], by["hotpath"]["sustained_rate_within_18ms"]
         lines.append(

@@ -1,6 +1,7 @@
 """The systems the sweep compares, each started as 2 (``--processes``) processes with their
-own SO_REUSEPORT sockets: the gateway (``gateway serve``), bare Tornado, the synchronous
-PostgreSQL design and the hot-path prototype (``benchmarks.baselines``). Each prepares its own
+own SO_REUSEPORT sockets: the gateway (``gateway serve``), bare Tornado, a bare asyncio
+protocol, the synchronous PostgreSQL design and the hot-path prototype
+(``benchmarks.baselines``). Each prepares its own
 payments and counts the bookings it made. The gateway and the prototype talk to Redis the
 same way (``SweepRedis``)."""
 
@@ -316,6 +317,14 @@ class Bare(System):
 
     async def stop(self) -> None:
         self.terminate()
+
+
+class BareProtocol(Bare):
+    name, key = "bare asyncio protocol", "protocol"
+
+    async def start(self) -> None:
+        self.launch(["-m", "benchmarks.baselines", "protocol", "--processes", str(self.processes)])
+        await asyncio.to_thread(wait_up_any, self.port, self.proc, self.startup_s)
 
 
 class Sync(System):

@@ -52,7 +52,7 @@ def test_return_rate_benchmark_smoke():
 
 
 def test_sweep_harness_smoke(tmp_path):
-    """`python -m benchmarks --quick`: all four systems at two low rates, report written."""
+    """`python -m benchmarks --quick`: all five systems at two low rates, report written."""
     import secrets
 
     label = f"smoke-{secrets.token_hex(3)}"
@@ -72,6 +72,7 @@ def test_sweep_harness_smoke(tmp_path):
         assert [r["system"] for r in report["results"]] == [
             "gateway",
             "bare Tornado",
+            "bare asyncio protocol",
             "synchronous PostgreSQL",
             "hot path (prototype)",
         ]
@@ -89,10 +90,11 @@ def test_sweep_harness_smoke(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
 def test_instruction_count_benchmark_smoke():
-    result = run("benchmarks.instructions", "--returns", "20", "--systems", "bare")
-    assert [r["system"] for r in result] == ["bare"]
-    assert result[0]["statuses"] == {"303": 20}
-    assert result[0]["instructions_per_return"] > 0
+    result = run("benchmarks.instructions", "--returns", "20", "--systems", "bare,protocol")
+    assert [r["system"] for r in result] == ["bare", "protocol"]
+    for r in result:
+        assert r["statuses"] == {"303": 20}
+        assert r["instructions_per_return"] > 0
 
 
 @pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
