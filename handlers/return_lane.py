@@ -161,7 +161,11 @@ class ReturnProtocol(asyncio.Protocol):
             self._hand_over()
             return
         length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.server.ctx.settings.max_body_bytes:
+        if (
+            not length.isdigit()
+            or len(length) > 9  # int() of thousands of digits is slow, then refused
+            or int(length) > self.server.ctx.settings.max_body_bytes
+        ):
             self._hand_over()
             return
         total = end + 4 + int(length)

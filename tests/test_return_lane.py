@@ -253,6 +253,12 @@ async def test_answers_on_the_wire_are_tornados(pair):
         ("a folded header", raw_return(tampered, rid, "X-Thing: 1", " continued")),
         ("no Host", raw_return(tampered, rid).replace(b"Host: 127.0.0.1\r\n", b"")),
         ("a head too large", raw_return(tampered, rid, "X-Big: " + "b" * 70_000)),
+        (
+            "a length of 5,000 digits",
+            raw_return(tampered, rid).replace(
+                b"Content-Length: ", b"Content-Length: " + b"0" * 5000
+            ),
+        ),
         ("not HTTP", b"HELLO\r\n\r\n"),
     ]
     for name, request in cases:
