@@ -6,15 +6,17 @@ Each user, in a loop (waiting 0.5-2 s between rounds):
 2. adds 1-3 services to it (``POST /v1/carts/{id}/items``, amounts in paise),
 3. starts a PayU payment (``POST /v1/carts/{id}/payments``), which answers with the form the
    browser would post to PayU (``redirect.fields``),
-4. comes back from PayU: posts PayU's response form, signed with PayU's reverse hash, to
-   ``POST /v1/payments/payu/return``, without following the redirect. The 303 is what is
+4. comes back from PayU, as the browser, on a connection of its own (a browser sent back
+   from PayU's page does not reuse the merchant backend's): posts PayU's response form,
+   signed with PayU's reverse hash, to ``POST /v1/payments/payu/return``, without following
+   the redirect. The 303 is what is
    timed, and it counts as a failure unless its Location says ``status=success`` (a paid
    return) or ``status=failed`` (a declined one) for this txnid.
 
 About 10 % of the returns say ``status=failure``; a few percent are sent a second time (a
 replay, which must get the same Location); a few percent race PayU's webhook
-(``POST /v1/payments/payu/webhook``, the same form) against the redirect, both sent at once
-from two greenlets. The webhook must answer 200.
+(``POST /v1/payments/payu/webhook``, the same form, from a client that plays PayU's
+servers) against the redirect, both sent at once from two greenlets. The webhook must answer 200.
 
 The locustfile plays PayU: nothing is sent to PayU, so the gateway only needs PayU
 credentials, and the benchmark the same salt. Start a gateway with them (``dev.env`` has the
@@ -68,7 +70,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import gevent
 from locust import between, events, task
-from locust.contrib.fasthttp import FastHttpUser
+from locust.contrib.fasthttp import FastHttpSession, FastHttpUser
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner
@@ -201,15 +203,36 @@ def payu_response(request_fields: Mapping[str, Any], status: str, salt: str) -> 
 
 
 class CheckoutUser(FastHttpUser):
-    """A merchant backend and its customer's browser, one checkout after another."""
+    """A merchant backend, its customer's browser and PayU, one checkout after another.
+
+    Each is a client of its own, as in life: the merchant's calls go on the user's
+    ``client``; each checkout's browser opens connections of its own for the return (and
+    its replay), as a browser sent back from PayU's page does; PayU's webhooks come from a
+    third client. Sharing one pool would send the browser's return down connections that
+    the merchant's calls had opened, which no browser does."""
 
     wait_time = between(0.5, 2)
-    # the return and the racing webhook share this user's connection pool
-    concurrency = 4
 
     def on_start(self) -> None:
         self.auth = {"Authorization": f"Bearer {CONFIG.api_key}"}
         self.user_id = f"bench-{uuid.uuid4().hex[:12]}"
+        self.provider = self.session()
+
+    def on_stop(self) -> None:
+        self.provider.client.clientpool.close()
+
+    def session(self) -> FastHttpSession:
+        """A client with connections of its own, configured as the user's ``client``."""
+        return FastHttpSession(
+            base_url=self.host,
+            request_event=self.environment.events.request,
+            user=self,
+            network_timeout=self.network_timeout,
+            connection_timeout=self.connection_timeout,
+            max_retries=self.max_retries,
+            insecure=self.insecure,
+            concurrency=1,
+        )
 
     @task
     def checkout(self) -> None:
@@ -227,18 +250,22 @@ class CheckoutUser(FastHttpUser):
         paid = random.random() >= CONFIG.failure_share
         form = payu_response(fields, "success" if paid else "failure", CONFIG.salt)
         body = urlencode(form)
-        if random.random() < CONFIG.webhook_share:
-            ret = gevent.spawn(self.send_return, body, form["txnid"], paid, RETURN)
-            hook = gevent.spawn(self.send_webhook, body, form["txnid"], paid)
-            gevent.joinall([ret, hook])
-            for g in (ret, hook):
-                if g.exception is not None:
-                    raise g.exception
-            location = ret.value
-        else:
-            location = self.send_return(body, form["txnid"], paid, RETURN)
-        if location is not None and random.random() < CONFIG.replay_share:
-            self.send_return(body, form["txnid"], paid, REPLAY, same_as=location)
+        browser = self.session()
+        try:
+            if random.random() < CONFIG.webhook_share:
+                ret = gevent.spawn(self.send_return, browser, body, form["txnid"], paid, RETURN)
+                hook = gevent.spawn(self.send_webhook, body, form["txnid"], paid)
+                gevent.joinall([ret, hook])
+                for g in (ret, hook):
+                    if g.exception is not None:
+                        raise g.exception
+                location = ret.value
+            else:
+                location = self.send_return(browser, body, form["txnid"], paid, RETURN)
+            if location is not None and random.random() < CONFIG.replay_share:
+                self.send_return(browser, body, form["txnid"], paid, REPLAY, same_as=location)
+        finally:
+            browser.client.clientpool.close()
 
     def create_cart(self) -> str | None:
         with self.client.post(
@@ -296,10 +323,16 @@ class CheckoutUser(FastHttpUser):
             return fields
 
     def send_return(
-        self, body: str, txnid: str, paid: bool, name: str, same_as: str | None = None
+        self,
+        browser: FastHttpSession,
+        body: str,
+        txnid: str,
+        paid: bool,
+        name: str,
+        same_as: str | None = None,
     ) -> str | None:
         """The browser's return; the Location of a correct 303, else None (and a failure)."""
-        with self.client.post(
+        with browser.post(
             "/v1/payments/payu/return",
             data=body,
             headers={"Content-Type": "application/x-www-form-urlencoded"},
@@ -326,7 +359,7 @@ class CheckoutUser(FastHttpUser):
             return location
 
     def send_webhook(self, body: str, txnid: str, paid: bool) -> None:
-        with self.client.post(
+        with self.provider.post(
             "/v1/payments/payu/webhook",
             data=body,
             headers={"Content-Type": "application/x-www-form-urlencoded"},
