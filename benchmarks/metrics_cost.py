@@ -25,9 +25,10 @@ from benchmarks import return_rate
 
 VARIANTS = (("on", "WARNING"), ("off", "WARNING"), ("on", "INFO"))
 MICRO = """
-import os, sys, tempfile, time
+import atexit, os, shutil, sys, tempfile, time
 if sys.argv[1] == "multiprocess":
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder = tempfile.mkdtemp(prefix="gw-prom-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
 from gateway.metrics import Metrics
 m = Metrics()
 # what gateway.app.log_request and the store's timing do for one return
