@@ -49,10 +49,9 @@ NAME = ReturnHandler.name
 # (route name, status, method, path, elapsed seconds, request id): gateway.app's per-request
 # metrics and access log
 Recorder = Callable[[str, int, str, str, float, str], None]
-HEAD_LIMIT = 65536  # Tornado's max_header_size
+HEAD_LIMIT = 65536  # Tornado's default max_header_size
 BACKLOG = 128  # Tornado's listen backlog (bind_sockets)
-IDLE_S = 60.0  # as gateway.server's idle_connection_timeout
-SWEEP_S = 5.0
+SWEEP_S = 5.0  # how often idle connections are looked for
 # The request line and a header block of token names and values without control
 # characters: what Tornado accepts without a 400. Anything else is handed over.
 HEAD_RE = re.compile(
@@ -69,6 +68,10 @@ class LaneServer:
 
     def __init__(self, tornado_server: HTTPServer, ctx: Context, record: Recorder) -> None:
         self.tornado, self.ctx, self.record = tornado_server, ctx, record
+        # the limits Tornado's server was given, so that both close and refuse alike
+        params = tornado_server.conn_params
+        self.head_limit = params.max_header_size or HEAD_LIMIT
+        self.idle_s = params.header_timeout or 3600.0  # its idle_connection_timeout
         self.providers = frozenset(ctx.checkout.providers)
         self.listeners: list[asyncio.Server] = []
         self.connections: set[ReturnProtocol] = set()
@@ -104,8 +107,8 @@ class LaneServer:
         await self.tornado.close_all_connections()
 
     def _sweep(self) -> None:
-        """Close connections idle (or stuck in a request's head) for IDLE_S."""
-        deadline = time.monotonic() - IDLE_S
+        """Close connections idle (or stuck in a request's head) for ``idle_s``."""
+        deadline = time.monotonic() - self.idle_s
         for conn in list(self.connections):
             if not conn.busy and conn.since < deadline:
                 conn.transport.close()
@@ -136,7 +139,7 @@ class ReturnProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data
         if self.busy:  # pipelined: bound what waits
-            if len(self.buf) > HEAD_LIMIT + self.server.ctx.settings.max_body_bytes:
+            if len(self.buf) > self.server.head_limit + self.server.ctx.settings.max_body_bytes:
                 self.transport.pause_reading()
                 self.paused = True
         else:
@@ -146,8 +149,9 @@ class ReturnProtocol(asyncio.Protocol):
         """Answer the request at the head of ``buf`` when it is whole and ordinary."""
         buf = self.buf
         end = buf.find(b"\r\n\r\n")
-        if end < 0 or end > HEAD_LIMIT:
-            if len(buf) > HEAD_LIMIT:
+        limit = self.server.head_limit
+        if end < 0 or end > limit:
+            if len(buf) > limit:
                 self._hand_over()  # Tornado answers a head too large
             return
         head = HEAD_RE.match(buf, 0, end + 4)

@@ -338,9 +338,10 @@ async def test_a_client_gone_before_its_answer_still_pays(pair):
 
 
 async def test_idle_and_half_sent_connections_are_closed(settings, monkeypatch):
-    monkeypatch.setattr(return_lane, "IDLE_S", 0.3)
     monkeypatch.setattr(return_lane, "SWEEP_S", 0.1)
     gw, server = await open_gateway(settings)
+    assert isinstance(server, return_lane.LaneServer)
+    server.idle_s = 0.3  # Tornado's idle_connection_timeout, as the server was given it
     try:
         idle = await asyncio.open_connection("127.0.0.1", port_of(gw))
         half = await asyncio.open_connection("127.0.0.1", port_of(gw))
