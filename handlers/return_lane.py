@@ -164,15 +164,13 @@ class ReturnProtocol(asyncio.Protocol):
         if len(headers) != len(fields) or any(name in headers for name in HANDED_OVER):
             self._hand_over()
             return
-        length = headers.get(b"content-length", b"0")
-        if (
-            not length.isdigit()
-            or len(length) > 9  # int() of thousands of digits is slow, then refused
-            or int(length) > self.server.ctx.settings.max_body_bytes
-        ):
+        length_text = headers.get(b"content-length", b"0")
+        # (int() of thousands of digits is slow, then refused: Tornado answers those)
+        length = int(length_text) if length_text.isdigit() and len(length_text) <= 9 else -1
+        if not 0 <= length <= self.server.ctx.settings.max_body_bytes:
             self._hand_over()
             return
-        total = end + 4 + int(length)
+        total = end + 4 + length
         if len(buf) < total:
             return  # the body is still coming
         path, _, query = target.decode("ascii").partition("?")
@@ -189,10 +187,8 @@ class ReturnProtocol(asyncio.Protocol):
             return
         method_s = method.decode("ascii")
         form = return_fields(
-            self.server.ctx,
             method_s,
             query,
-            length.decode("ascii"),
             headers.get(b"content-type", b"").decode("latin-1"),
             buf[end + 4 : total],
         )
@@ -316,14 +312,10 @@ def ascii_fields(text: str) -> dict[str, str] | None:
     return fields if len(fields) == len(parts) else None
 
 
-def return_fields(
-    ctx: Context, method: str, query: str, length: str | None, ctype: str, body: bytes
-) -> dict[str, str] | None:
+def return_fields(method: str, query: str, ctype: str, body: bytes) -> dict[str, str] | None:
     """The return's fields, as ``BaseHandler.single_fields`` reads them; None when the
-    request is not in the shape the lane answers (Tornado's routing then does)."""
-    limit = ctx.settings.max_body_bytes
-    if len(body) > limit or (length is not None and length.isdigit() and int(length) > limit):
-        return None
+    request is not in the shape the lane answers (Tornado's routing then does). The body is
+    within the size limit already (``ReturnProtocol`` hands a larger one over)."""
     fields = ascii_fields(query) if query else {}
     if fields is None or method != "POST" or not body:
         return fields
