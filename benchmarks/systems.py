@@ -294,12 +294,13 @@ class HotPath(System):
 
 class Bare(System):
     name, key = "bare Tornado", "bare"
+    kind = "bare"  # benchmarks.baselines' server
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
 
     async def start(self) -> None:
-        self.launch(["-m", "benchmarks.baselines", "bare", "--processes", str(self.processes)])
+        self.launch(["-m", "benchmarks.baselines", self.kind, "--processes", str(self.processes)])
         await asyncio.to_thread(wait_up_any, self.port, self.proc, self.startup_s)
 
     async def prepare(self, n: int) -> list[bytes]:
@@ -321,10 +322,7 @@ class Bare(System):
 
 class BareProtocol(Bare):
     name, key = "bare asyncio protocol", "protocol"
-
-    async def start(self) -> None:
-        self.launch(["-m", "benchmarks.baselines", "protocol", "--processes", str(self.processes)])
-        await asyncio.to_thread(wait_up_any, self.port, self.proc, self.startup_s)
+    kind = "protocol"
 
 
 class Sync(System):
