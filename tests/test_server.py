@@ -99,22 +99,7 @@ async def test_sigterm_finishes_in_flight_requests(env, razorpay_api, prefix):
         http = AsyncHTTPClient(force_instance=True)
         base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-        cart = orjson.loads(
-            (
-                await http.fetch(
-                    f"{base}/v1/carts",
-                    method="POST",
-                    headers=auth,
-                    body=orjson.dumps({"user_id": "u", "currency": "INR"}),
-                )
-            ).body
-        )
-        await http.fetch(
-            f"{base}/v1/carts/{cart['cart_id']}/items",
-            method="POST",
-            headers=auth,
-            body=orjson.dumps({"service_id": "s", "name": "S", "unit_amount": 100, "quantity": 1}),
-        )
+        cart = await asyncio.to_thread(cart_of_one, port)
         razorpay_api.delay = 1.0  # the payment call will be in flight when SIGTERM comes
         pending = asyncio.ensure_future(
             http.fetch(
@@ -154,7 +139,11 @@ async def test_sigterm_finishes_a_return_in_flight(env, prefix):
     redis = redis_client.Redis.from_url(REDIS_URL)
     try:
         await asyncio.to_thread(wait_ready, port, proc)
-        payment = await asyncio.to_thread(start_payment, port)
+        cart = await asyncio.to_thread(cart_of_one, port)
+        customer = {"firstname": "A", "email": "a@b.co", "phone": "9876543210"}
+        payload = {"provider": "payu", "customer": customer}
+        path = f"/v1/carts/{cart['cart_id']}/payments"
+        payment = await asyncio.to_thread(api, port, path, payload)
         form = payu_sign.response_form(payment["redirect"]["fields"], "success", PAYU_SALT)
         body = urllib.parse.urlencode(form).encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -180,23 +169,23 @@ async def test_sigterm_finishes_a_return_in_flight(env, prefix):
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
 
 
-def start_payment(port: int) -> dict[str, Any]:
-    """A PayU payment on a cart of one service, started through the gateway's API."""
+def api(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A merchant call (POST, JSON) to the gateway on ``port``: its answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=orjson.dumps(body),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return dict(orjson.loads(r.read()))
 
-    def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}{path}",
-            data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return dict(orjson.loads(r.read()))
 
-    cart = call("/v1/carts", {"user_id": "u", "currency": "INR"})
+def cart_of_one(port: int) -> dict[str, Any]:
+    """A cart holding one service, made through the gateway's API."""
+    cart = api(port, "/v1/carts", {"user_id": "u", "currency": "INR"})
     item = {"service_id": "s", "name": "S", "unit_amount": 100, "quantity": 1}
-    call(f"/v1/carts/{cart['cart_id']}/items", item)
-    customer = {"firstname": "A", "email": "a@b.co", "phone": "9876543210"}
-    return call(f"/v1/carts/{cart['cart_id']}/payments", {"provider": "payu", "customer": customer})
+    api(port, f"/v1/carts/{cart['cart_id']}/items", item)
+    return cart
 
 
 async def test_workers_share_the_port(env, prefix):
