@@ -10,7 +10,6 @@ from typing import Any
 
 import orjson
 import tornado.web
-from tornado.httpserver import HTTPServer
 
 from gateway import openapi
 from gateway.checkout import Checkout
@@ -26,6 +25,7 @@ from handlers.carts import (
     CartPaymentsHandler,
     CartsHandler,
 )
+from handlers.connections import Connections, CountedHTTPServer, connection_cap
 from handlers.ops import HealthHandler, MetricsHandler, OpenAPIHandler, ReadyHandler
 from handlers.payments import BookingHandler, PaymentHandler, ReturnHandler, WebhookHandler
 from handlers.return_lane import LaneServer, Recorder
@@ -35,7 +35,10 @@ from store.redis_store import RedisStore
 
 log = logging.getLogger("gateway.http")
 SEG = r"([^/]+)"
-Server = HTTPServer | LaneServer  # what ``listen`` serves with: stop(), close_all_connections()
+HEAD_LIMIT = 65536  # bytes of a request head (Tornado's default max_header_size)
+Server = (
+    CountedHTTPServer | LaneServer
+)  # what ``listen`` serves with: stop(), close_all_connections()
 
 # Tornado tries the routes in order, one regular expression each; the patterns are disjoint
 # (each is anchored), so the order only decides the cost: the providers' routes first.
@@ -147,10 +150,22 @@ class GatewayApplication(tornado.web.Application):
 
 async def listen(app: GatewayApplication, sockets: list[socket.socket], **options: Any) -> Server:
     """Serve ``app`` on ``sockets``: through ``LaneServer`` (decision 38), which answers the
-    ordinary return itself and hands every other connection to Tornado's ``HTTPServer``
-    (made with ``options``), or, with ``GATEWAY_RETURN_LANE=false``, through that server
-    alone."""
-    server = HTTPServer(app, **options)
+    ordinary return itself and hands every other connection to Tornado's ``HTTPServer``,
+    or, with ``GATEWAY_RETURN_LANE=false``, through that server alone. Both close a
+    connection idle (or sending a head) past ``GATEWAY_IDLE_TIMEOUT_S`` or a body past
+    ``GATEWAY_BODY_TIMEOUT_S``, and count their connections under one cap
+    (``handlers/connections.py``). ``options`` go to Tornado's server."""
+    settings = app.ctx.settings
+    options = {
+        "idle_connection_timeout": settings.idle_timeout_s,
+        "body_timeout": settings.body_timeout_s,
+        "max_header_size": HEAD_LIMIT,
+        "xheaders": False,
+        **options,
+    }
+    server = CountedHTTPServer(app, **options)
+    server.connections = Connections(connection_cap(settings.max_connections), app.ctx.metrics)
+    server.connections.start()
     if not app.lane:
         server.add_sockets(sockets)
         return server

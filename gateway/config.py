@@ -68,6 +68,12 @@ class Settings:
     request_metrics: bool = True
     return_lane: bool = True  # the browser's return below RequestHandler (decision 35)
     max_body_bytes: int = 16 * 1024
+    # a connection idle, or still sending a request's head, this long is closed (Tornado's
+    # idle_connection_timeout, which bounds its head too); a body must arrive within
+    # body_timeout_s of its head
+    idle_timeout_s: float = 60.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 10_000  # per serving process; lowered to fit its descriptor limit
 
     def at(self, host: str, port: int) -> Settings:
         """These settings for a server on ``host:port`` (``serve --host/--port``): the public URL
@@ -186,6 +192,9 @@ class Settings:
             ready_fail_on_lag=env.boolean("GATEWAY_READY_FAIL_ON_LAG", False),
             request_metrics=env.boolean("GATEWAY_REQUEST_METRICS", True),
             return_lane=env.boolean("GATEWAY_RETURN_LANE", True),
+            idle_timeout_s=env.integer("GATEWAY_IDLE_TIMEOUT_S", 60, low=1, high=3600),
+            body_timeout_s=env.integer("GATEWAY_BODY_TIMEOUT_S", 30, low=1, high=3600),
+            max_connections=env.integer("GATEWAY_MAX_CONNECTIONS", 10_000, low=16, high=1_000_000),
         )
 
 

@@ -157,6 +157,19 @@ class Metrics:
             buckets=CALL_BUCKETS,
             registry=r,
         )
+        self.connections_open = Gauge(
+            "gateway_connections_open",
+            "Client connections open (the return lane's and Tornado's), read once a second.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.connections_shed = Counter(
+            "gateway_connections_shed",
+            "Connections closed at the connection cap (GATEWAY_MAX_CONNECTIONS): 'evicted' "
+            "(the one that waited longest for a request) or 'refused' (the new one).",
+            ("action",),
+            registry=r,
+        )
         self.wb_queue_length = Gauge(
             "gateway_writebehind_queue_length",
             "Events not yet acknowledged by the write-behind (pending or not yet delivered).",

@@ -12,6 +12,7 @@ import ctypes
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -48,11 +49,10 @@ async def serve(
                 "acknowledged payment can be lost if Redis dies before PostgreSQL holds it",
                 extra={"redis_durability": ctx.redis_durability},
             )
+        descriptors = raise_descriptor_limit()
         sockets = tornado.netutil.bind_sockets(port, host, reuse_port=True)
         freeze_startup_objects()
-        server = await listen(
-            app, sockets, max_body_size=1024 * 1024, idle_connection_timeout=60, xheaders=False
-        )
+        server = await listen(app, sockets, max_body_size=1024 * 1024)
         stop = asyncio.Event()
         background = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -80,6 +80,8 @@ async def serve(
                 "providers": sorted(ctx.checkout.providers),
                 "sandbox": settings.sandbox,
                 "writebehind_in_process": writebehind_here,
+                "descriptor_limit": descriptors,
+                "max_connections": server.connections.cap,
             },
         )
         await stop.wait()
@@ -98,6 +100,23 @@ async def serve(
             if task.exception() is not None:
                 log.error("background task failed", exc_info=task.exception())
         log.info("stopped", extra={"unfinished": ctx.in_flight})
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the process's soft limit on open descriptors to its hard limit (a connection
+    is a descriptor: 1,024, a common default, is 1,024 slow clients); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning(
+                "could not raise the descriptor limit",
+                extra={"soft": soft, "hard": hard, "error": str(exc)},
+            )
+    return soft
 
 
 def freeze_startup_objects() -> None:

@@ -5,77 +5,75 @@ answers a 303 with no work: about 480k in its HTTP/1 layer (``IOStream``,
 ``HTTP1Connection``, header parsing and the coroutines between them) and the rest in
 routing, ``HTTPServerRequest`` and the handler. On the return, that was more than the
 gateway's own work. ``LaneServer`` accepts the gateway's connections as ``asyncio``
-protocols instead, and answers a request itself only when it is the ordinary return:
-``GET`` or ``POST`` to ``/v1/payments/<configured provider>/return`` over HTTP/1.1, a plain
-header block (each header once; no ``Transfer-Encoding``, ``Expect`` or
-``Content-Encoding``), a ``Content-Length`` body within the limit, ASCII fields each given
-once (``return_fields``). It answers with the same code as ``ReturnHandler``
-(``return_target``), and the same headers, problem+json, metrics and access log.
+protocols instead, and answers a request itself only when it is the ordinary return, in a
+shape that is a strict subset of what Tornado accepts (``handlers/lane_head.py`` says
+which). It answers with the same code as ``ReturnHandler`` (``return_target``), and the
+same headers, problem+json, metrics and access log.
 
 Anything else hands the connection over to Tornado's ``HTTPServer``, which from then on
-serves it as it serves every connection, starting with the bytes already read: another
-route, a chunked body, HTTP/1.0, a malformed request all get Tornado's own answers, and
-``ReturnHandler`` answers a return in an unusual shape.
+serves it as it serves every connection, starting with the bytes already read
+(``HandedOverStream``): another route, a chunked body, HTTP/1.0, bare LF line ends, a
+malformed request all get Tornado's own answers, and ``ReturnHandler`` answers a return in
+an unusual shape. The lane decides as early as the bytes allow: a request line that is not
+a return is handed over when it is complete, not when its head is.
+
+Each head is parsed once, when its blank line has come; until then only the bytes that came
+since are searched. A connection idle, or still sending its head, ``idle_timeout_s`` after
+its last answer, or still sending a body ``body_timeout_s`` after its head, is closed, as
+Tornado closes its own. At the process's connection cap (``handlers/connections.py``) a new
+connection first evicts the connection that has waited longest for a request; when every
+connection is busy or Tornado's, the new one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Iterable
 from http.client import responses
 from typing import cast
-from urllib.parse import unquote_plus
 
 import tornado.web
 from tornado import httputil
-from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
 
 from gateway.errors import GatewayError
 from handlers.base import Context, describe, problem_body, request_id
+from handlers.connections import Connections, CountedHTTPServer, HandedOverStream
+from handlers.lane_head import Head, head_of, return_fields, undecided
 from handlers.payments import ReturnHandler, return_target
 
 log = logging.getLogger("gateway.http")
-PREFIX, SUFFIX = "/v1/payments/", "/return"
-FORM = "application/x-www-form-urlencoded"
-MAX_FIELDS = 1000  # Tornado's default limit on a form's or a query's fields
 NAME = ReturnHandler.name
 
 # (route name, status, method, path, elapsed seconds, request id): gateway.app's per-request
 # metrics and access log
 Recorder = Callable[[str, int, str, str, float, str], None]
-HEAD_LIMIT = 65536  # Tornado's default max_header_size
 BACKLOG = 128  # Tornado's listen backlog (bind_sockets)
-SWEEP_S = 5.0  # how often idle connections are looked for
-# The request line and a header block of token names and values without control
-# characters: what Tornado accepts without a 400. Anything else is handed over.
-HEAD_RE = re.compile(
-    rb"(GET|POST) (/[!-~]*) HTTP/1\.1\r\n"
-    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"
-)
-FIELD_RE = re.compile(rb"([^:]+):([^\r]*)\r\n")
-HANDED_OVER = (b"transfer-encoding", b"expect", b"content-encoding")
+EVICT_SCAN = 64  # at the cap, how many of the oldest connections are looked at
 
 
 class LaneServer:
     """Listens on ``sockets`` with ``ReturnProtocol``; what it does not answer goes to
-    ``tornado_server``. ``stop`` and ``close_all_connections`` as on Tornado's server."""
+    ``tornado``. ``stop`` and ``close_all_connections`` as on Tornado's server."""
 
-    def __init__(self, tornado_server: HTTPServer, ctx: Context, record: Recorder) -> None:
+    def __init__(self, tornado_server: CountedHTTPServer, ctx: Context, record: Recorder) -> None:
         self.tornado, self.ctx, self.record = tornado_server, ctx, record
-        # the limits Tornado's server was given, so that both close and refuse alike
-        params = tornado_server.conn_params
-        self.head_limit = params.max_header_size or HEAD_LIMIT
-        self.idle_s = params.header_timeout or 3600.0  # its idle_connection_timeout
+        settings = ctx.settings
+        self.head_limit = tornado_server.conn_params.max_header_size or 65536
+        self.idle_s = float(settings.idle_timeout_s)
+        self.body_s = float(settings.body_timeout_s)
+        self.max_body = settings.max_body_bytes
         self.providers = frozenset(ctx.checkout.providers)
+        self.connections: Connections = tornado_server.connections
+        self.connections.on_tick.append(self._sweep)
         self.listeners: list[asyncio.Server] = []
-        self.connections: set[ReturnProtocol] = set()
-        self.sweeper: asyncio.TimerHandle | None = None
+        # the lane's connections, the longest waiting for a request first (an answered
+        # connection goes to the end): what the cap evicts, and what the sweep closes
+        self.protocols: dict[ReturnProtocol, None] = {}
 
     async def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -84,35 +82,49 @@ class LaneServer:
                 lambda: ReturnProtocol(self), sock=sock, backlog=BACKLOG
             )
             self.listeners.append(server)
-        self.sweeper = loop.call_later(SWEEP_S, self._sweep)
 
     def stop(self) -> None:
         """Stop accepting connections (those open go on)."""
         for server in self.listeners:
             server.close()
         self.tornado.stop()
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            self.sweeper = None
 
     async def close_all_connections(self) -> None:
         """Close every connection: ours once its answer is out, then Tornado's."""
-        while self.connections:
-            for conn in list(self.connections):
+        while self.protocols:
+            for conn in list(self.protocols):
                 if not conn.busy:
                     conn.transport.close()
-                    self.connections.discard(conn)
-            if self.connections:
+                    self.protocols.pop(conn, None)
+            if self.protocols:
                 await asyncio.sleep(0.01)
         await self.tornado.close_all_connections()
 
+    def admit(self, conn: ReturnProtocol) -> bool:
+        """Count a new connection in, evicting one that waits at the cap; False: refuse it."""
+        count = self.connections
+        if count.full:
+            for waiting in itertools.islice(self.protocols, EVICT_SCAN):
+                if not waiting.busy and not waiting.leaving:
+                    # (its connection_lost takes it off the count, on the loop's next turn)
+                    waiting.transport.abort()
+                    self.protocols.pop(waiting, None)
+                    count.shedding("evicted")
+                    break
+            else:
+                count.shedding("refused")
+                return False
+        count.open += 1
+        self.protocols[conn] = None
+        return True
+
     def _sweep(self) -> None:
-        """Close connections idle (or stuck in a request's head) for ``idle_s``."""
-        deadline = time.monotonic() - self.idle_s
-        for conn in list(self.connections):
-            if not conn.busy and conn.since < deadline:
+        """Close connections idle or stuck in a request's head past ``idle_s``, or in its
+        body past ``body_s``."""
+        now = time.monotonic()
+        for conn in list(self.protocols):
+            if not conn.busy and conn.deadline < now:
                 conn.transport.close()
-        self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
 
 class ReturnProtocol(asyncio.Protocol):
@@ -122,102 +134,87 @@ class ReturnProtocol(asyncio.Protocol):
 
     def __init__(self, server: LaneServer) -> None:
         self.server = server
-        self.buf = b""
+        self.buf: bytes | bytearray = b""
+        self.scanned = 0  # how far the search for the head's end has looked
+        self.head: Head | None = None  # a head whose body is still coming
         self.busy = False  # a request is being answered; later ones wait in buf
         self.paused = False
         self.leaving = False  # handed over once what was written has gone out
+        self.counted = False
         self.task: asyncio.Future[None] | None = None  # the answer being made
-        self.since = time.monotonic()
+        self.deadline = time.monotonic() + server.idle_s
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.server.connections.add(self)
+        if self.server.admit(self):
+            self.counted = True
+        else:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        server = self.server
+        if self.counted:
+            self.counted = False
+            server.connections.open -= 1
+        server.protocols.pop(self, None)
 
     def data_received(self, data: bytes) -> None:
-        self.buf = self.buf + data if self.buf else data
-        if self.busy:  # pipelined: bound what waits
-            if len(self.buf) > self.server.head_limit + self.server.ctx.settings.max_body_bytes:
-                self.transport.pause_reading()
-                self.paused = True
+        buf = self.buf
+        if not buf:
+            self.buf = data
+        elif isinstance(buf, bytearray):
+            buf += data
         else:
+            self.buf = bytearray(buf) + data
+        if not self.busy:
             self._next()
+        elif len(self.buf) > self.server.head_limit + self.server.max_body:
+            self.transport.pause_reading()  # pipelined: bound what waits
+            self.paused = True
 
     def _next(self) -> None:
-        """Answer the request at the head of ``buf`` when it is whole and ordinary."""
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        limit = self.server.head_limit
-        if end < 0 or end > limit:
-            if len(buf) > limit:
-                self._hand_over()  # Tornado answers a head too large
-            return
-        head = HEAD_RE.match(buf, 0, end + 4)
+        """Answer the request at the head of ``buf`` once it is whole; hand over as soon as
+        it cannot be one the lane answers."""
+        buf, server = self.buf, self.server
+        head = self.head
         if head is None:
-            self._hand_over()
+            end = buf.find(b"\r\n\r\n", self.scanned)
+            if end < 0 or end > server.head_limit:
+                if len(buf) > server.head_limit or not undecided(
+                    buf, self.scanned, server.providers
+                ):
+                    self._hand_over()  # Tornado answers (a head too large, bare LF, ...)
+                else:
+                    self.scanned = max(0, len(buf) - 3)
+                return
+            head = head_of(buf, end, server.providers, server.max_body)
+            if head is None:
+                self._hand_over()
+                return
+            if len(buf) < head.total:  # the body is still coming
+                self.head = head
+                self.deadline = time.monotonic() + server.body_s
+                return
+        elif len(buf) < head.total:
             return
-        method, target, block = head.groups()
-        fields = FIELD_RE.findall(block)
-        headers = {name.lower(): value.strip() for name, value in fields}
-        if len(headers) != len(fields) or any(name in headers for name in HANDED_OVER):
-            self._hand_over()
-            return
-        length_text = headers.get(b"content-length", b"0")
-        # (int() of thousands of digits is slow, then refused: Tornado answers those)
-        length = int(length_text) if length_text.isdigit() and len(length_text) <= 9 else -1
-        if not 0 <= length <= self.server.ctx.settings.max_body_bytes:
-            self._hand_over()
-            return
-        total = end + 4 + length
-        if len(buf) < total:
-            return  # the body is still coming
-        path, _, query = target.decode("ascii").partition("?")
-        provider = path[len(PREFIX) : -len(SUFFIX)]
-        host = headers.get(b"host")
-        if (
-            not path.startswith(PREFIX)
-            or not path.endswith(SUFFIX)
-            or provider not in self.server.providers
-            or host is None
-            or b"," in host
-        ):
-            self._hand_over()
-            return
-        method_s = method.decode("ascii")
         form = return_fields(
-            method_s,
-            query,
-            headers.get(b"content-type", b"").decode("latin-1"),
-            buf[end + 4 : total],
+            head.method, head.query, head.content_type, buf[head.body : head.total]
         )
         if form is None:
             self._hand_over()
             return
         self.busy = True
-        closing = headers.get(b"connection", b"").lower() == b"close"
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
-        started = time.perf_counter()
-        self.task = asyncio.ensure_future(
-            self._answer(method_s, path, provider, form, given, closing, started)
-        )
-        self.buf = buf[total:]
+        self.head = None
+        self.scanned = 0
+        self.buf = buf[head.total :]
+        self.task = asyncio.ensure_future(self._answer(head, form, time.perf_counter()))
 
-    async def _answer(
-        self,
-        method: str,
-        path: str,
-        provider: str,
-        fields: dict[str, str],
-        given_id: str,
-        closing: bool,
-        started: float,
-    ) -> None:
+    async def _answer(self, head: Head, fields: dict[str, str], started: float) -> None:
+        server = self.server
         status, headers, body, rid = await respond(
-            self.server.ctx, method, path, provider, fields, given_id
+            server.ctx, head.method, head.path, head.provider, fields, head.request_id
         )
-        if closing:
+        if head.closing:
             headers["Connection"] = "close"
         lines = [f"HTTP/1.1 {status} {responses.get(status, 'Unknown')}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -225,15 +222,18 @@ class ReturnProtocol(asyncio.Protocol):
         if not transport.is_closing():
             # UTF-8, as Tornado sends the Location of a redirect (the rest is ASCII)
             transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-            if closing:
+            if head.closing:
                 transport.close()
-        self.server.record(NAME, status, method, path, time.perf_counter() - started, rid)
+        server.record(NAME, status, head.method, head.path, time.perf_counter() - started, rid)
         self.busy = False
-        self.since = time.monotonic()
+        self.deadline = time.monotonic() + server.idle_s
+        protocols = server.protocols
+        if protocols.pop(self, 0) is None:  # to the end: the last to be evicted
+            protocols[self] = None
         if self.paused:
             self.paused = False
             transport.resume_reading()
-        if self.buf and not closing:
+        if self.buf and not head.closing:
             self._next()
 
     def resume_writing(self) -> None:
@@ -250,7 +250,8 @@ class ReturnProtocol(asyncio.Protocol):
             transport.set_write_buffer_limits(high=0)
             return
         self.leaving = False
-        self.server.connections.discard(self)
+        server = self.server
+        server.protocols.pop(self, None)
         raw = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         if raw is None or transport.is_closing():
@@ -258,16 +259,16 @@ class ReturnProtocol(asyncio.Protocol):
             return
         # The transport closes its descriptor; a duplicate keeps the connection open.
         sock = socket.socket(fileno=os.dup(raw.fileno()))
-        transport.abort()
-        tornado = self.server.tornado
-        stream = IOStream(
-            sock, max_buffer_size=tornado.max_buffer_size, read_chunk_size=tornado.read_chunk_size
+        transport.abort()  # connection_lost takes it off the count; Tornado's adopt adds it
+        tornado = server.tornado
+        stream = HandedOverStream(
+            sock,
+            bytes(self.buf),
+            max_buffer_size=tornado.max_buffer_size,
+            read_chunk_size=tornado.read_chunk_size,
         )
-        if self.buf:  # Tornado's connection reads these first (tornado 6.6's IOStream)
-            stream._read_buffer += self.buf
-            stream._read_buffer_size += len(self.buf)
-            self.buf = b""
-        tornado.handle_stream(stream, peer)
+        self.buf = b""
+        tornado.adopt(stream, peer)
 
 
 class _Date:
@@ -281,53 +282,6 @@ class _Date:
         if second != cls.second:
             cls.second, cls.text = second, httputil.format_timestamp(second)
         return cls.text
-
-
-def _unquote(text: str) -> str:
-    return unquote_plus(text, errors="strict") if "%" in text or "+" in text else text
-
-
-def ascii_fields(text: str) -> dict[str, str] | None:
-    """An ASCII query or form, each field once, its values UTF-8: what Tornado's
-    ``parse_qs_bytes`` and ``fields_of`` make of it, in half the instructions (75k against
-    167k for a PayU return). None for anything else (a field given twice, text that is not
-    ASCII or not UTF-8 once unquoted, a name that is not ASCII, more fields than Tornado
-    takes): Tornado's routing then answers it, as it always has."""
-    if not text.isascii() or text.count("&") >= MAX_FIELDS:
-        return None
-    parts = [part for part in text.split("&") if part]
-    fields: dict[str, str] = {}
-    if "%" in text or "+" in text:
-        try:
-            for part in parts:
-                name, _, value = part.partition("=")
-                name = _unquote(name)
-                if not name.isascii():
-                    return None
-                fields[name] = _unquote(value)
-        except UnicodeDecodeError:
-            return None
-    else:
-        fields = dict(part.partition("=")[::2] for part in parts)
-    return fields if len(fields) == len(parts) else None
-
-
-def return_fields(method: str, query: str, ctype: str, body: bytes) -> dict[str, str] | None:
-    """The return's fields, as ``BaseHandler.single_fields`` reads them; None when the
-    request is not in the shape the lane answers (Tornado's routing then does). The body is
-    within the size limit already (``ReturnProtocol`` hands a larger one over)."""
-    fields = ascii_fields(query) if query else {}
-    if fields is None or method != "POST" or not body:
-        return fields
-    if not ctype.startswith(FORM) or ctype.split(";")[0].strip().lower() != FORM:
-        return None  # 415, or a casing Tornado would not parse as a form
-    if not body.isascii():
-        return None
-    form = ascii_fields(body.decode("ascii"))
-    if form is None:
-        return None
-    fields.update(form)  # a form field wins over a query field of the same name
-    return fields
 
 
 async def respond(

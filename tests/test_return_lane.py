@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -22,8 +23,8 @@ import orjson
 import pytest
 
 from gateway.signing import verify_query
-from handlers import return_lane
-from handlers.return_lane import ascii_fields
+from handlers import connections, return_lane
+from handlers.lane_head import ascii_fields
 from tests import payu_sign
 from tests.conftest import API_KEY, PAYU_SALT, RETURN_SECRET, Client, drop_keys, open_gateway
 
@@ -184,17 +185,24 @@ def raw_get(path: str, *extra: str) -> bytes:
     return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *extra]) + "\r\n\r\n").encode()
 
 
+BAD_HOSTS = ["a b", "a@b", "a/b", "a,b", "a\\b", 'a"b', "a{b}", "a<b>", "a?b", "a#b"]
+BAD_HOSTS += ["a%zz", "a\tb", "a^b", "a|b"]
+MADE_ID = re.compile(rb"[0-9a-f]{16}")  # a request id the gateway made (handlers.base)
+
+
 async def read_answer(reader: asyncio.StreamReader) -> Answer | None:
     """One answer as sent: status, headers in their order and spelling (Date left out),
-    body; None when the connection closed first."""
+    body; None when the connection closed first. A request id the gateway made up (when
+    the caller sent none it could echo) reads '<made>'."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
         return None
     lines = head.decode("latin-1").split("\r\n")
     headers = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:] if line)]
+    headers = [(n, "<made>" if MADE_ID.fullmatch(v.encode()) else v) for n, v in headers]
     length = int(dict(headers).get("Content-Length", "0"))
-    body = await reader.readexactly(length)
+    body = MADE_ID.sub(b"<made>", await reader.readexactly(length))
     return int(lines[0].split(" ")[1]), [h for h in headers if h[0] != "Date"], body
 
 
@@ -227,6 +235,7 @@ async def test_answers_on_the_wire_are_tornados(pair):
     lane, routed = pair
     payment = await open_payment(lane)
     tampered = signed_form(payment, hash="0" * 128)
+    paid = signed_form(payment)  # never accepted below: each case is refused or tampered
     unknown = signed_form(payment, txnid="t" + "9" * 31)
     rid = "X-Request-ID: wire-1"
     chunked = (
@@ -260,7 +269,18 @@ async def test_answers_on_the_wire_are_tornados(pair):
             ),
         ),
         ("not HTTP", b"HELLO\r\n\r\n"),
+        # a second Content-Length that the lane took as the only one split one request in two
+        ("Content-Length twice", raw_return(paid, rid, "Content-Length: 10")),
+        ("X-Request-ID twice", raw_return(tampered, rid, "X-Request-ID: wire-2")),
+        # bare LF line ends (printf | nc health checks): Tornado answers at once
+        ("bare LF health check", b"GET /healthz HTTP/1.1\nHost: x\n\n"),
+        ("bare LF return", raw_return(tampered, rid).replace(b"\r\n", b"\n")),
+        ("bare LF, then CRLF", raw_return(tampered, rid).replace(b"\r\n", b"\n", 1)),
     ]
+    # Hosts Tornado refuses (400): the lane must not settle a return that names one
+    for host in [*BAD_HOSTS, "é.example"]:
+        request = raw_return(paid, rid).replace(b"Host: 127.0.0.1", f"Host: {host}".encode())
+        cases.append((f"Host {host!r}", request))
     for name, request in cases:
         a = await exchange(lane, request, answers=1)
         b = await exchange(routed, request, answers=1)
@@ -338,7 +358,7 @@ async def test_a_client_gone_before_its_answer_still_pays(pair):
 
 
 async def test_idle_and_half_sent_connections_are_closed(settings, monkeypatch):
-    monkeypatch.setattr(return_lane, "SWEEP_S", 0.1)
+    monkeypatch.setattr(connections, "TICK_S", 0.1)
     gw, server = await open_gateway(settings)
     assert isinstance(server, return_lane.LaneServer)
     server.idle_s = 0.3  # Tornado's idle_connection_timeout, as the server was given it
