@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
 import re
@@ -24,6 +23,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.metrics import Metrics
+from gateway.signing import signatures_match
 from store.pg_store import PgStore
 from store.queue import QueueStats
 from store.redis_store import RedisStore
@@ -141,7 +141,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # Compare against every key, so timing does not tell which one nearly matched.
         ok = False
         for key in self.ctx.settings.api_keys:
-            ok |= hmac.compare_digest(token.encode(), key.encode())
+            ok |= signatures_match(key, token)
         if not ok:
             raise Unauthorized("the API key is not valid", reason="bad_credentials")
 

@@ -146,6 +146,18 @@ async def test_the_sandbox_checks_what_it_is_given(sgw):
     assert r.code == 400
 
 
+async def test_a_non_ascii_hash_on_the_sandbox_page_does_not_verify(sgw):
+    _, payment, _ = await sandbox_payment(sgw)
+    for signature in ("é", "\U0001f600"):
+        fields = dict(payment["redirect"]["fields"], hash=signature)
+        r = await sgw.fetch("GET", f"/sandbox/pay?{urlencode(fields)}", auth=False)
+        assert r.code == 400 and b"hash does not verify" in r.body, r.body
+    r = await sgw.fetch(
+        "GET", "/demo/failure?txnid=t&status=failed&reason=x&sig=%C3%A9", auth=False
+    )
+    assert r.code == 400 and b"Not verified" in r.body
+
+
 async def test_readyz_says_sandbox_loudly(sgw):
     body = await sgw.json("GET", "/readyz", auth=False)
     assert body["sandbox"] is True and "SANDBOX MODE" in body["warning"]

@@ -8,7 +8,6 @@ productinfo|amount|txnid|key). PayU quotes amounts as decimal strings in rupees.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -25,6 +24,7 @@ from gateway.providers.base import (
     form_fields,
     require,
 )
+from gateway.signing import signatures_match
 
 UDFS = ("udf1", "udf2", "udf3", "udf4", "udf5")
 DEFAULT_PAYMENT_URL = "https://secure.payu.in/_payment"
@@ -93,8 +93,8 @@ class PayU(Provider):
                 f"amount {amount_text[:32]!r} is not a decimal amount", reason="bad_amount"
             )
         expected = reverse_hash(fields, self.creds.salt)
-        signed = hmac.compare_digest(expected, their_hash.lower()) and hmac.compare_digest(
-            key, self.creds.key
+        signed = signatures_match(expected, their_hash.lower()) & signatures_match(
+            self.creds.key, key
         )
         if status == "success":
             outcome = Outcome.SUCCESS

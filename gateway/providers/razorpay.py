@@ -28,6 +28,7 @@ from gateway.providers.base import (
     clean_reason,
     require,
 )
+from gateway.signing import signatures_match
 
 log = logging.getLogger("gateway.providers.razorpay")
 ORDER_RE = re.compile(r"^order_[A-Za-z0-9]{1,40}$")
@@ -131,7 +132,7 @@ class Razorpay(Provider):
         expected = sign(self.creds.key_secret, f"{order_id}|{payment_id}".encode())
         return Notice(
             Outcome.SUCCESS,
-            signed=hmac.compare_digest(expected, signature),
+            signed=signatures_match(expected, signature),
             txnid=txnid,
             order_ref=order_id,
             provider_payment_id=payment_id,
@@ -142,7 +143,7 @@ class Razorpay(Provider):
         if not signature:
             raise BadRequest("missing X-Razorpay-Signature header", reason="missing_field")
         expected = sign(self.creds.webhook_secret, body)
-        if not hmac.compare_digest(expected, signature):
+        if not signatures_match(expected, signature):
             return Notice(Outcome.IGNORED, signed=False)
         try:
             doc = orjson.loads(body)
