@@ -54,7 +54,7 @@ class ReturnHandler(BaseHandler):
 
     async def _return(self, provider_name: str) -> None:
         # handlers.return_lane answers the common case without this class; the same code
-        fields = self.single_fields("the return")
+        fields = self.single_fields()
         target, self.error_reason = await return_target(self.ctx, provider_name, fields)
         self.redirect(target, status=303)
 

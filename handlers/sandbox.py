@@ -73,7 +73,7 @@ class SandboxPayHandler(HTMLHandler):
         settings = self.ctx.settings
         if not settings.sandbox:
             raise NotFound("the sandbox is off", reason="sandbox_off")
-        f = self.single_fields("the payment request")
+        f = self.single_fields()
         required = (
             "key",
             "txnid",

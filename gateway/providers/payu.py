@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from gateway.config import PayUCredentials
 from gateway.errors import BadRequest
+from gateway.forms import form_fields
 from gateway.money import EXPONENTS, parse_decimal, to_decimal_string
 from gateway.providers.base import (
     Notice,
@@ -21,7 +22,6 @@ from gateway.providers.base import (
     Provider,
     Started,
     clean_reason,
-    form_fields,
     require,
 )
 from gateway.signing import signatures_match
@@ -113,5 +113,6 @@ class PayU(Provider):
         )
 
     def read_webhook(self, headers: Mapping[str, str], body: bytes) -> Notice:
-        # PayU's server-to-server notice is the same form, with the same reverse hash.
-        return self.read_return(form_fields(body))
+        # PayU's server-to-server notice is the same form, with the same reverse hash, read
+        # as the return's form is read (the same parser, limit and errors).
+        return self.read_return(form_fields(headers, body))
