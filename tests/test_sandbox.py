@@ -119,9 +119,9 @@ async def test_fail_in_the_sandbox(sgw):
     location = resp.headers["Location"]
     assert location.startswith(f"{sgw.settings.public_url}/demo/failure?")
     page = await sgw.fetch("GET", location.removeprefix(sgw.base_url), auth=False)
-    assert page.code == 200 and b"E_SANDBOX_DECLINED" in page.body
+    assert page.code == 200 and b"payment_failed" in page.body
     pay = await sgw.json("GET", f"/v1/payments/{payment['txnid']}")
-    assert pay["status"] == "FAILED"
+    assert pay["status"] == "FAILED" and pay["reason"] == "E_SANDBOX_DECLINED"
     assert (await sgw.json("GET", f"/v1/carts/{cart['cart_id']}"))["status"] == "ACTIVE"
 
 

@@ -114,16 +114,11 @@ class Razorpay(Provider):
         txnid = fields.get("txnid") or None
         if "razorpay_signature" not in fields:
             # Checkout's failure callback (error[...] fields) is not signed: the browser is
-            # sent to the failure page and the payment.failed webhook changes the state.
+            # sent to the failure page and the payment.failed webhook changes the state (and
+            # brings the signed error code). What the callback says is not used.
             if not any(k.startswith("error[") for k in fields) or txnid is None:
                 require(fields, "razorpay_payment_id", "razorpay_order_id", "razorpay_signature")
-            code = fields.get("error[reason]") or fields.get("error[code]") or ""
-            return Notice(
-                Outcome.ABANDONED,
-                signed=False,
-                txnid=txnid,
-                reason=clean_reason(code, "payment_failed"),
-            )
+            return Notice(Outcome.ABANDONED, signed=False, txnid=txnid)
         payment_id, order_id, signature = require(
             fields, "razorpay_payment_id", "razorpay_order_id", "razorpay_signature"
         )
