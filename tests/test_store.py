@@ -137,3 +137,31 @@ async def test_a_payment_started_while_its_cart_changes_is_refused(gw, razorpay_
     # started again, it is priced at the cart's new total
     again = await gw.start(cid, "razorpay")
     assert again["amount"] == changed["total_amount"]
+
+
+async def test_a_success_after_the_payment_window_is_a_refund(make_gw):
+    """payment_settle.lua reads the cart's effective status: a genuine success for a payment
+    whose window has passed (its cart EXPIRED, though the stored status still says
+    CHECKOUT) makes no booking and converts nothing: SUCCESS, refund_required, cart_expired,
+    and a payment.refund_required event."""
+    gw = await make_gw(cart_ttl_s=1, payment_window_s=1)
+    cart = await gw.cart_with_items()
+    cid = cart["cart_id"]
+    payment = await gw.start(cid)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await gw.json("GET", f"/v1/carts/{cid}"))["status"] != "EXPIRED":
+        assert asyncio.get_running_loop().time() < deadline, "the cart did not expire"
+        await asyncio.sleep(0.1)
+    assert await gw.redis.hget(gw.keys.cart(cid), "status") == "CHECKOUT"  # as stored
+    resp = await gw.payu_return(payment)
+    assert resp.code == 303 and "reason=refund_required" in resp.headers["Location"]
+    paid = await gw.json("GET", f"/v1/payments/{payment['txnid']}")
+    assert paid["status"] == "SUCCESS" and paid["refund_required"] is True
+    assert paid["reason"] == "cart_expired" and paid["booking_id"] is None
+    assert not await gw.redis.exists(gw.keys.booking(ids.booking_id_for(cid)))
+    assert (await gw.json("GET", f"/v1/carts/{cid}"))["status"] == "EXPIRED"
+    assert await gw.redis.hget(gw.keys.cart(cid), "status") == "CHECKOUT"
+    last = (await gw.events())[-1]
+    assert last["type"] == "payment.refund_required"
+    assert last["payment"]["txnid"] == payment["txnid"] and "booking" not in last
+    assert await gw.metric("gateway_refunds_required_total", reason="cart_expired") == 1
