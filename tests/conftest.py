@@ -215,7 +215,7 @@ async def open_gateway(settings: Settings, pg: PgStore | None = None) -> tuple[C
 
 
 async def drop_keys(url: str, prefix: str) -> None:
-    r = redis.asyncio.Redis.from_url(url)
+    r = redis.asyncio.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
     try:
         async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
             await r.delete(key)
@@ -404,5 +404,5 @@ def own_redis() -> Any:
     yield start
     for proc, folder in started:
         proc.kill()
-        proc.wait()
+        proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)

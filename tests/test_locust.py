@@ -107,5 +107,5 @@ async def test_locustfile_runs_the_payu_flow(prefix, database_url, razorpay_api,
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait(10)
         await drop_keys(REDIS_URL, prefix)

@@ -195,7 +195,7 @@ async def test_redis_down_is_a_503_and_the_gateway_recovers(make_gw, own_redis):
     cart = await gw.cart_with_items(items=1)
     payment = await gw.start(cart["cart_id"])
     proc.kill()
-    proc.wait()
+    proc.wait(10)
     for resp in (
         await gw.payu_return(payment),
         await gw.fetch("GET", f"/v1/carts/{cart['cart_id']}"),
