@@ -43,9 +43,12 @@ def signatures_match(expected: str, given: str) -> bool:
 
     Every signature the gateway checks goes through here. ``given`` comes from a client and
     may be any text: ``hmac.compare_digest`` raises TypeError on a str that is not ASCII, so
-    both are compared as UTF-8 bytes (surrogatepass: even a lone surrogate is just text
-    that does not match).
+    such text is compared as UTF-8 bytes (surrogatepass: even a lone surrogate is just text
+    that does not match). ASCII text, the usual case, is compared as it is: ``isascii`` reads
+    a flag of the string, not its characters, and encoding both cost about 1 % of a return.
     """
+    if expected.isascii() and given.isascii():
+        return hmac.compare_digest(expected, given)
     return hmac.compare_digest(
         expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")
     )
