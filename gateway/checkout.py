@@ -7,7 +7,7 @@ Lua scripts of ``store/``, one atomic step each.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -24,6 +24,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.providers.base import Customer, Notice, Outcome, PaymentRequest, Provider
+from gateway.reasons import Reason, redirect_reason
 from gateway.signing import signed_url
 from store import keys as ids
 from store.pg_store import PgStore
@@ -40,7 +41,7 @@ class Verdict:
     status: str  # SUCCESS, FAILED, INITIATED, or IGNORED (webhook events of no concern)
     booking_id: str | None = None
     refund_required: bool = False
-    reason: str = ""
+    reason: str = ""  # the gateway's own (gateway.reasons), for the redirect; '' for a success
     applied: bool = False
 
     def body(self) -> dict[str, Any]:
@@ -190,16 +191,14 @@ class Checkout:
             payment = await self.store.get_payment(txnid)
             if payment is None:
                 raise BadRequest(f"unknown txnid {txnid}", reason="unknown_txnid")
-            reason = payment["reason"]
+            verdict = known(txnid, payment)
             if payment["status"] == "INITIATED":
-                reason = "pending" if notice.outcome is Outcome.PENDING else notice.reason
-            return Verdict(
-                txnid,
-                payment["status"],
-                payment["booking_id"] or None,
-                payment["refund_required"] == "1",
-                reason,
-            )
+                # (an abandoned notice is unsigned: whatever it says stays out of the redirect)
+                reason = (
+                    Reason.PENDING if notice.outcome is Outcome.PENDING else Reason.PAYMENT_FAILED
+                )
+                verdict = replace(verdict, reason=reason)
+            return verdict
         outcome = "success" if notice.outcome is Outcome.SUCCESS else "failure"
         result = await self.store.settle(
             txnid,
@@ -227,17 +226,19 @@ class Checkout:
         return self._verdict(provider, txnid, result)
 
     def _verdict(self, provider: Provider, txnid: str, result: Settled) -> Verdict:
-        p = result.payment
         if result.applied:
-            self._count(provider, p)
-        return Verdict(
-            txnid,
-            result.status,
-            result.booking_id or None,
-            result.refund_required,
-            p["reason"],
-            result.applied,
-        )
+            self._count(provider, result.payment)
+        return known(txnid, result.payment, result.applied)
+
+    async def refused_redirect(self, txnid: str, reason: str) -> str:
+        """The signed 303 target for a return that does not hold (a bad signature, a signed
+        notice that disagrees with the payment): the failure page with ``reason``, unless the
+        payment is SUCCESS. Then it is what the genuine return's replay gets (its booking, or
+        refund_required): nothing unverified overrides what the gateway knows."""
+        payment = await self.store.get_payment(txnid) if txnid else None
+        if payment is not None and payment["status"] == "SUCCESS":
+            return self.redirect(known(txnid, payment))
+        return self.failure_redirect(txnid, reason)
 
     def _count(self, provider: Provider, p: dict[str, str]) -> None:
         m = self.metrics
@@ -290,23 +291,31 @@ class Checkout:
                     ("status", "success"),
                 ],
             )
-        if verdict.status == "INITIATED" and verdict.reason == "pending":
-            status, reason = "pending", "pending"
-        else:
-            status = "failed"
-            reason = (
-                "refund_required"
-                if verdict.refund_required
-                else (verdict.reason or "payment_failed")
-            )
-        return self._to_failure_page(verdict.txnid, status, reason)
+        if verdict.status == "INITIATED" and verdict.reason == Reason.PENDING:
+            return self._to_failure_page(verdict.txnid, "pending", Reason.PENDING)
+        return self.failure_redirect(verdict.txnid, verdict.reason)
 
     def failure_redirect(self, txnid: str, reason: str) -> str:
-        return self._to_failure_page(txnid, "failed", reason)
+        """The signed 303 target to the failure page; a ``reason`` that is not one of the
+        gateway's own (``gateway.reasons``) is signed as ``payment_failed``."""
+        return self._to_failure_page(txnid, "failed", redirect_reason(reason))
 
-    def _to_failure_page(self, txnid: str, status: str, reason: str) -> str:
+    def _to_failure_page(self, txnid: str, status: str, reason: Reason) -> str:
         return signed_url(
             self.settings.failure_url,
             self.settings.return_secret,
             [("txnid", txnid), ("status", status), ("reason", reason)],
         )
+
+
+def known(txnid: str, payment: dict[str, str], applied: bool = False) -> Verdict:
+    """A payment's state as a verdict, with the gateway's reason for it (never the
+    provider's code, which stays in the payment's own ``reason``)."""
+    refund = payment["refund_required"] == "1"
+    if payment["status"] == "SUCCESS":
+        reason = Reason.REFUND_REQUIRED if refund else ""
+    elif payment["status"] == "FAILED":
+        reason = Reason.PAYMENT_FAILED
+    else:
+        reason = ""
+    return Verdict(txnid, payment["status"], payment["booking_id"] or None, refund, reason, applied)

@@ -38,7 +38,10 @@ EXPONENTS: dict[str, int] = {
     "OMR": 3,
     "JOD": 3,
 }
-DECIMAL_RE = re.compile(r"^\d{1,13}(\.\d{1,3})?$")
+# ASCII digits only (\d would take ٩٩٩ and other Unicode digits, which Decimal reads as 999),
+# and matched with fullmatch: $ alone lets a trailing newline through. The pattern keeps
+# ^ and $ because the OpenAPI document publishes it, and JSON Schema patterns are not anchored.
+DECIMAL_RE = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,3})?$")
 
 
 def exponent(currency: str) -> int:
@@ -56,7 +59,7 @@ def to_decimal_string(minor: int, currency: str) -> str:
 
 def parse_decimal(text: str, currency: str) -> int | None:
     """'499.00' INR -> 49900; None when the text is not an exact amount in that currency."""
-    if not DECIMAL_RE.match(text):
+    if not DECIMAL_RE.fullmatch(text):
         return None
     try:
         value = Decimal(text) * (10 ** EXPONENTS[currency])

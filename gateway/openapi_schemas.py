@@ -14,6 +14,7 @@ from gateway.money import DECIMAL_RE, EXPONENTS
 from gateway.providers.payu import PayU
 from gateway.providers.razorpay import ORDER_RE, PAYMENT_RE, Razorpay
 from gateway.providers.sandbox import Sandbox
+from gateway.reasons import Reason
 from handlers import validate
 from handlers.base import PROBLEM_BASE
 from store import redis_store
@@ -367,9 +368,9 @@ def _payment_schemas() -> Json:
                         "status": {"type": "string", "enum": ["failed", "pending"]},
                         "reason": {
                             "type": "string",
-                            "description": "pending, payment_failed, bad_signature, "
-                            "amount_mismatch, currency_mismatch, order_mismatch, "
-                            "provider_mismatch, refund_required, or the provider's error code",
+                            "enum": [str(reason) for reason in Reason],
+                            "description": "the gateway's own reason, never the provider's "
+                            "error code (that one is in the payment's reason)",
                         },
                         "sig": {"type": "string", "pattern": HEX_SHA256},
                     },
@@ -405,7 +406,11 @@ def _provider_schemas() -> Json:
             "udf2|udf1|email|firstname|productinfo|amount|txnid|key",
         },
         "additionalCharges": {"type": "string"},
-        "error": {"type": "string", "description": "PayU's error code, the failure reason"},
+        "error": {
+            "type": "string",
+            "description": "PayU's error code (not covered by the hash): kept in the failed "
+            "payment's reason, never in the redirect",
+        },
     }
     razorpay_ids: Json = {
         "razorpay_payment_id": {"type": "string", "pattern": _pattern(PAYMENT_RE)},

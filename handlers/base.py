@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
 import re
@@ -13,6 +12,7 @@ from typing import Any, ClassVar
 
 import orjson
 import tornado.web
+from tornado import httputil
 
 from gateway.checkout import Checkout
 from gateway.config import Settings
@@ -23,7 +23,9 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from gateway.forms import fields_of, invalid_form, require_form
 from gateway.metrics import Metrics
+from gateway.signing import signatures_match
 from store.pg_store import PgStore
 from store.queue import QueueStats
 from store.redis_store import RedisStore
@@ -45,6 +47,12 @@ def request_id(given: str) -> str:
 def describe(exc: BaseException | None) -> tuple[int, str, str, str, str]:
     """What an exception is answered with: status, problem slug, title, detail, and the
     reason label the metrics count it under."""
+    if isinstance(exc, tornado.web.HTTPError) and isinstance(
+        exc.__cause__, httputil.HTTPInputError
+    ):
+        # Tornado refused to parse the body (a form of too many fields): answered as the
+        # same refusal of a webhook's body is (gateway.forms).
+        exc = invalid_form(exc.__cause__)
     if isinstance(exc, GatewayError):
         return exc.status, exc.slug, exc.title, exc.detail, exc.reason
     if isinstance(exc, tornado.web.HTTPError):
@@ -72,21 +80,6 @@ def problem_body(status: int, slug: str, title: str, detail: str, path: str, rid
             "request_id": rid,
         }
     )
-
-
-def fields_of(sources: list[dict[str, list[bytes]]]) -> dict[str, str]:
-    """One value per field, UTF-8, from parsed query and form arguments in that order (a
-    later source wins over an earlier one for the same name)."""
-    fields: dict[str, str] = {}
-    for arguments in sources:
-        for name, values in arguments.items():
-            if len(values) != 1:
-                raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
-            try:
-                fields[name] = values[0].decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest("the fields are not UTF-8", reason="bad_form") from None
-    return fields
 
 
 @dataclass
@@ -141,7 +134,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # Compare against every key, so timing does not tell which one nearly matched.
         ok = False
         for key in self.ctx.settings.api_keys:
-            ok |= hmac.compare_digest(token.encode(), key.encode())
+            ok |= signatures_match(key, token)
         if not ok:
             raise Unauthorized("the API key is not valid", reason="bad_credentials")
 
@@ -157,18 +150,14 @@ class BaseHandler(tornado.web.RequestHandler):
             raise BadRequest("the body must be a JSON object", reason="bad_json")
         return body
 
-    def single_fields(self, what: str) -> dict[str, str]:
-        """The query's fields, then the form's (Tornado has parsed both; a form field wins
-        over a query field of the same name); one value each, UTF-8."""
+    def single_fields(self) -> dict[str, str]:
+        """The query's fields, then the form's (Tornado has parsed both, as
+        ``gateway.forms.form_fields`` parses a webhook's; a form field wins over a query
+        field of the same name); one value each, UTF-8."""
         request = self.request
         sources = [request.query_arguments]
         if request.method == "POST" and request.body:
-            ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype != "application/x-www-form-urlencoded":
-                raise UnsupportedMediaType(
-                    f"{what} must be a form (application/x-www-form-urlencoded)",
-                    reason="content_type",
-                )
+            require_form(request.headers.get("Content-Type", ""))
             sources.append(request.body_arguments)
         return fields_of(sources)
 

@@ -20,10 +20,11 @@ async def return_target(
         verdict = await checkout.settle(provider, notice, "return")
         return checkout.redirect(verdict), ""
     except (BadSignature, Mismatch) as exc:
-        # A known payment, a notice that does not hold: the browser goes to the failure
-        # page, and nothing changes.
+        # A known payment, a notice that does not hold: nothing changes, and the browser
+        # goes to the failure page (to the success page when the payment is SUCCESS).
         ctx.metrics.bad_requests.labels(exc.reason).inc()
-        return checkout.failure_redirect(exc.txnid or notice.txnid or "", exc.reason), exc.reason
+        target = await checkout.refused_redirect(exc.txnid or notice.txnid or "", exc.reason)
+        return target, exc.reason
 
 
 class PaymentHandler(BaseHandler):
@@ -54,7 +55,7 @@ class ReturnHandler(BaseHandler):
 
     async def _return(self, provider_name: str) -> None:
         # handlers.return_lane answers the common case without this class; the same code
-        fields = self.single_fields("the return")
+        fields = self.single_fields()
         target, self.error_reason = await return_target(self.ctx, provider_name, fields)
         self.redirect(target, status=303)
 

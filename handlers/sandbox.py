@@ -7,7 +7,6 @@ only when they are the configured success/failure URLs (``GATEWAY_SUCCESS_URL`` 
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from tornado.escape import xhtml_escape as esc
@@ -16,7 +15,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.money import parse_decimal, to_decimal_string
 from gateway.providers.payu import UDFS, request_hash, reverse_hash
 from gateway.providers.sandbox import SANDBOX_KEY
-from gateway.signing import verify_query
+from gateway.signing import signatures_match, verify_query
 from handlers.base import BaseHandler
 from store.keys import BOOKING_RE, CART_RE, TXN_RE
 
@@ -74,7 +73,7 @@ class SandboxPayHandler(HTMLHandler):
         settings = self.ctx.settings
         if not settings.sandbox:
             raise NotFound("the sandbox is off", reason="sandbox_off")
-        f = self.single_fields("the payment request")
+        f = self.single_fields()
         required = (
             "key",
             "txnid",
@@ -96,8 +95,7 @@ class SandboxPayHandler(HTMLHandler):
             )
         expected = request_hash(f, settings.sandbox_salt)
         if not (
-            hmac.compare_digest(expected, f["hash"].lower())
-            and hmac.compare_digest(f["key"], SANDBOX_KEY)
+            signatures_match(expected, f["hash"].lower()) & signatures_match(SANDBOX_KEY, f["key"])
         ):
             self.ctx.metrics.signature_failures.labels("sandbox", "page").inc()
             raise BadRequest("the payment request's hash does not verify", reason="bad_signature")

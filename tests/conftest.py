@@ -20,6 +20,7 @@ import orjson
 import pytest
 import redis.asyncio
 import tornado.testing
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from gateway.app import Server, listen, make_app
@@ -152,6 +153,16 @@ class Client:
         )
         return await self.fetch("POST", "/v1/payments/payu/return", form=form, auth=False)
 
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of /metrics (0 when it has none)."""
+        text = (await self.fetch("GET", "/metrics", auth=False)).body.decode()
+        wanted = (name, frozenset(labels.items()))
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if (s.name, frozenset(s.labels.items())) == wanted:
+                    return float(s.value)
+        return 0.0
+
     async def events(self) -> list[dict[str, Any]]:
         """Every event on every partition stream, decoded."""
         out = []
@@ -204,7 +215,7 @@ async def open_gateway(settings: Settings, pg: PgStore | None = None) -> tuple[C
 
 
 async def drop_keys(url: str, prefix: str) -> None:
-    r = redis.asyncio.Redis.from_url(url)
+    r = redis.asyncio.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
     try:
         async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
             await r.delete(key)
@@ -212,14 +223,29 @@ async def drop_keys(url: str, prefix: str) -> None:
         await r.aclose()
 
 
-@pytest.fixture
-async def gw(settings: Settings) -> AsyncIterator[Client]:
-    client, server = await open_gateway(settings)
-    yield client
+async def close_gateway(client: Client, server: Server) -> None:
     server.stop()
     await server.close_all_connections()
     await client.close()
     await client.store.close()
+
+
+@pytest.fixture
+async def gw(settings: Settings) -> AsyncIterator[Client]:
+    client, server = await open_gateway(settings)
+    yield client
+    await close_gateway(client, server)
+    await drop_keys(settings.redis_url, settings.redis_prefix)
+
+
+@pytest.fixture(params=["lane", "tornado"])
+async def gw_either(request: Any, settings: Settings) -> AsyncIterator[Client]:
+    """The gateway on each of the return's two paths: the return lane (the default), then
+    Tornado's routing alone (``GATEWAY_RETURN_LANE=false``). A test using it runs twice."""
+    lane = dataclasses.replace(settings, return_lane=request.param == "lane")
+    client, server = await open_gateway(lane)
+    yield client
+    await close_gateway(client, server)
     await drop_keys(settings.redis_url, settings.redis_prefix)
 
 
@@ -378,5 +404,5 @@ def own_redis() -> Any:
     yield start
     for proc, folder in started:
         proc.kill()
-        proc.wait()
+        proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """A local stand-in for Razorpay's Orders API (a third party's service, not ours).
 
 It checks basic auth and the body as Razorpay does and answers with an order. ``delay``
-slows its answers (for the graceful-shutdown test); ``fail_with`` makes it refuse.
+slows its answers (for the graceful-shutdown test); ``fail_with`` makes it refuse; ``gate``
+holds an order until the test lets it go (``held`` says one is waiting).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class _Orders(tornado.web.RequestHandler):
             return
         if s.delay:
             await asyncio.sleep(s.delay)
+        if s.gate is not None:  # held until the test opens the gate (bounded all the same)
+            s.held.set()
+            await asyncio.wait_for(s.gate.wait(), 30)
         if s.fail_with:
             self.set_status(s.fail_with)
             self.finish({"error": {"code": "SERVER_ERROR"}})
@@ -59,6 +63,8 @@ class RazorpayStandIn:
         self.orders: dict[str, dict[str, Any]] = {}
         self.delay = 0.0
         self.fail_with = 0
+        self.gate: asyncio.Event | None = None  # when given, an order waits for it to be set
+        self.held = asyncio.Event()  # set when an order is waiting at the gate
         self.url = ""
         self._server: tornado.httpserver.HTTPServer | None = None
 

@@ -91,7 +91,7 @@ async def test_pay_in_chromium(prefix, database_url):
                 driver.find_element(By.ID, "booking-status").text,
             )
 
-        landed, booking_id, status = await asyncio.to_thread(click_pay)
+        landed, booking_id, status = await asyncio.wait_for(asyncio.to_thread(click_pay), 120)
         assert landed.startswith(f"http://127.0.0.1:{port}/demo/success?")
         assert booking_id.startswith("b") and status == "CONFIRMED"
 
@@ -122,7 +122,7 @@ async def test_pay_in_chromium(prefix, database_url):
             await conn.close()
     finally:
         if driver is not None:
-            await asyncio.to_thread(driver.quit)
+            await asyncio.wait_for(asyncio.to_thread(driver.quit), 30)
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
         shutil.rmtree(profile, ignore_errors=True)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Namespace:
     def __init__(self) -> None:
         self.name = f"gwtest{secrets.token_hex(3)}"
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=30)
         self.run("ip", "link", "set", "lo", "up")
 
     def argv(self, *cmd: str) -> list[str]:
@@ -47,7 +47,7 @@ class Namespace:
         )
 
     def delete(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], check=False)
+        subprocess.run(["ip", "netns", "del", self.name], check=False, timeout=30)
 
 
 class Gateway:
@@ -91,7 +91,9 @@ class Gateway:
 
 
 def processes_using(folder: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-eo", "pid,args"], capture_output=True, text=True, timeout=30
+    ).stdout
     return [line for line in out.splitlines() if folder in line and "pytest" not in line]
 
 
@@ -155,7 +157,7 @@ def test_checkout_against_embedded_servers():
     finally:
         if gateway is not None:
             gateway.proc.kill()
-            gateway.proc.wait()
+            gateway.proc.wait(10)
         for line in processes_using(data):  # never leave a server behind
             os.kill(int(line.split()[0]), signal.SIGKILL)
         ns.delete()

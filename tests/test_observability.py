@@ -137,13 +137,17 @@ def test_rules_and_dashboard_use_only_exported_metrics():
 )
 def test_promtool_checks_and_unit_tests_the_rules():
     check = subprocess.run(
-        ["promtool", "check", "rules", str(DEPLOY / "alerts.yml")], capture_output=True, text=True
+        ["promtool", "check", "rules", str(DEPLOY / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr
     config = subprocess.run(
         ["promtool", "check", "config", str(DEPLOY / "prometheus.yml")],
         capture_output=True,
         text=True,
+        timeout=60,
     )
     assert config.returncode == 0, config.stdout + config.stderr
     test = subprocess.run(
@@ -151,6 +155,7 @@ def test_promtool_checks_and_unit_tests_the_rules():
         capture_output=True,
         text=True,
         cwd=DEPLOY,
+        timeout=60,
     )
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
 
@@ -290,7 +295,7 @@ async def test_two_processes_add_up(prefix, razorpay_api, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait(10)
         await drop_keys(REDIS_URL, prefix)
 
 

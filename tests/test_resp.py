@@ -77,7 +77,7 @@ async def test_redis_gone_then_back(own_redis):
     try:
         assert await client.call("SET", "k", "v") == "OK"
         proc.kill()
-        proc.wait()
+        proc.wait(10)
         with pytest.raises(RedisConnectionError):
             await client.call("GET", "k")
         with pytest.raises(RedisConnectionError):  # nothing listens: connecting fails

@@ -195,7 +195,7 @@ async def test_redis_down_is_a_503_and_the_gateway_recovers(make_gw, own_redis):
     cart = await gw.cart_with_items(items=1)
     payment = await gw.start(cart["cart_id"])
     proc.kill()
-    proc.wait()
+    proc.wait(10)
     for resp in (
         await gw.payu_return(payment),
         await gw.fetch("GET", f"/v1/carts/{cart['cart_id']}"),
@@ -209,3 +209,51 @@ async def test_redis_down_is_a_503_and_the_gateway_recovers(make_gw, own_redis):
     payment = await gw.start(again["cart_id"])
     done = await gw.payu_return(payment)
     assert done.code == 303 and "status=success" in done.headers["Location"]
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        "1499.00\n",
+        "\u0661\u0664\u0669\u0669.\u0660\u0660",
+        "1499.00\r",
+        "\uff11\uff14\uff19\uff19.\uff10\uff10",
+        "1499.0\u0660",
+    ],
+    ids=["trailing-newline", "arabic-indic", "trailing-cr", "fullwidth", "one-arabic-digit"],
+)
+async def test_a_signed_amount_in_other_digits_does_not_settle(gw_either, amount):
+    """A return signed over an amount that is the payment's in Unicode digits or with a line
+    ending (1499.00 is the cart's total) is unparseable input: 400 bad_amount, nothing
+    changes."""
+    gw = gw_either
+    cart = await gw.cart_with_items()
+    payment = await gw.start(cart["cart_id"])
+    assert payment["redirect"]["fields"]["amount"] == "1499.00"
+    before = await snapshot(gw, cart["cart_id"], payment["txnid"])
+    for channel in ("return", "webhook"):
+        form = payu_sign.response_form(
+            payment["redirect"]["fields"], "success", PAYU_SALT, amount=amount
+        )
+        resp = await gw.fetch("POST", f"/v1/payments/payu/{channel}", form=form, auth=False)
+        assert "not a decimal amount" in problem(resp, 400)["detail"]
+    assert await snapshot(gw, cart["cart_id"], payment["txnid"]) == before
+    assert (await gw.json("GET", f"/v1/payments/{payment['txnid']}"))["status"] == "INITIATED"
+    assert await gw.metric("gateway_bad_requests_total", reason="bad_amount") == 2
+
+
+def test_parse_decimal_takes_ascii_digits_only():
+    from gateway.money import parse_decimal
+
+    assert parse_decimal("1499.00", "INR") == 149900
+    assert parse_decimal("0.5", "INR") == 50
+    for text in (
+        "1499.00\n",
+        "1499.00\r\n",
+        "\n1499.00",
+        " 1499.00",
+        "\u0661\u0664\u0669\u0669",
+        "1499.001",
+        "",
+    ):
+        assert parse_decimal(text, "INR") is None, repr(text)

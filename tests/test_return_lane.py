@@ -211,12 +211,14 @@ async def exchange(
 ) -> tuple[list[Answer | None], bool]:
     """Send ``pieces`` on one connection (``gap`` seconds apart, each its own segment), read
     ``answers`` answers, and tell whether the server then closed the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(client))
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port_of(client)), 10
+    )
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         for piece in pieces:
             writer.write(piece)
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), 10)
             if gap:
                 await asyncio.sleep(gap)
         got = [await asyncio.wait_for(read_answer(reader), 10) for _ in range(answers)]
@@ -343,9 +345,9 @@ async def test_a_route_then_a_return_on_one_connection(pair):
 async def test_a_client_gone_before_its_answer_still_pays(pair):
     lane, _ = pair
     payment = await open_payment(lane)
-    _, writer = await asyncio.open_connection("127.0.0.1", port_of(lane))
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port_of(lane)), 10)
     writer.write(raw_return(signed_form(payment)))
-    await writer.drain()
+    await asyncio.wait_for(writer.drain(), 10)
     writer.close()
     for _ in range(100):
         paid = await lane.json("GET", f"/v1/payments/{payment['txnid']}")
@@ -363,10 +365,10 @@ async def test_idle_and_half_sent_connections_are_closed(settings, monkeypatch):
     assert isinstance(server, return_lane.LaneServer)
     server.idle_s = 0.3  # Tornado's idle_connection_timeout, as the server was given it
     try:
-        idle = await asyncio.open_connection("127.0.0.1", port_of(gw))
-        half = await asyncio.open_connection("127.0.0.1", port_of(gw))
+        idle = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port_of(gw)), 10)
+        half = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port_of(gw)), 10)
         half[1].write(b"POST /v1/payments/payu/return HTTP/1.1\r\nHost: x\r\n")
-        await half[1].drain()
+        await asyncio.wait_for(half[1].drain(), 10)
         for reader, writer in (idle, half):
             assert await asyncio.wait_for(reader.read(1), 3) == b""
             writer.close()

@@ -119,9 +119,9 @@ async def test_fail_in_the_sandbox(sgw):
     location = resp.headers["Location"]
     assert location.startswith(f"{sgw.settings.public_url}/demo/failure?")
     page = await sgw.fetch("GET", location.removeprefix(sgw.base_url), auth=False)
-    assert page.code == 200 and b"E_SANDBOX_DECLINED" in page.body
+    assert page.code == 200 and b"payment_failed" in page.body
     pay = await sgw.json("GET", f"/v1/payments/{payment['txnid']}")
-    assert pay["status"] == "FAILED"
+    assert pay["status"] == "FAILED" and pay["reason"] == "E_SANDBOX_DECLINED"
     assert (await sgw.json("GET", f"/v1/carts/{cart['cart_id']}"))["status"] == "ACTIVE"
 
 
@@ -144,6 +144,18 @@ async def test_the_sandbox_checks_what_it_is_given(sgw):
         "GET", "/demo/success?txnid=t&booking_id=b&status=success&sig=00", auth=False
     )
     assert r.code == 400
+
+
+async def test_a_non_ascii_hash_on_the_sandbox_page_does_not_verify(sgw):
+    _, payment, _ = await sandbox_payment(sgw)
+    for signature in ("é", "\U0001f600"):
+        fields = dict(payment["redirect"]["fields"], hash=signature)
+        r = await sgw.fetch("GET", f"/sandbox/pay?{urlencode(fields)}", auth=False)
+        assert r.code == 400 and b"hash does not verify" in r.body, r.body
+    r = await sgw.fetch(
+        "GET", "/demo/failure?txnid=t&status=failed&reason=x&sig=%C3%A9", auth=False
+    )
+    assert r.code == 400 and b"Not verified" in r.body
 
 
 async def test_readyz_says_sandbox_loudly(sgw):

@@ -107,6 +107,7 @@ async def test_sigterm_finishes_in_flight_requests(env, razorpay_api, prefix):
                 method="POST",
                 headers=auth,
                 raise_error=False,
+                request_timeout=30,
                 body=orjson.dumps(
                     {
                         "provider": "razorpay",
@@ -117,7 +118,7 @@ async def test_sigterm_finishes_in_flight_requests(env, razorpay_api, prefix):
         )
         await asyncio.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
-        resp = await pending
+        resp = await asyncio.wait_for(pending, 30)
         assert resp.code == 201, resp.body
         code = await asyncio.to_thread(proc.wait, 20)
         assert code == 0
@@ -127,7 +128,7 @@ async def test_sigterm_finishes_in_flight_requests(env, razorpay_api, prefix):
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait(10)
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
 
 
@@ -146,13 +147,13 @@ async def test_sigterm_finishes_a_return_in_flight(env, prefix):
         payment = await asyncio.to_thread(api, port, path, payload)
         form = payu_sign.response_form(payment["redirect"]["fields"], "success", PAYU_SALT)
         body = urllib.parse.urlencode(form).encode()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
         await redis.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         writer.write(
             b"POST /v1/payments/payu/return HTTP/1.1\r\nHost: x\r\nContent-Type: "
             b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body) + body
         )
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), 10)
         await asyncio.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -165,7 +166,7 @@ async def test_sigterm_finishes_a_return_in_flight(env, prefix):
         await redis.aclose()
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait(10)
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
 
 
@@ -203,7 +204,7 @@ async def test_workers_share_the_port(env, prefix):
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait(10)
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
 
 
@@ -215,7 +216,7 @@ async def test_workers_do_not_outlive_a_killed_supervisor(env, prefix):
         pids = await asyncio.to_thread(worker_pids, port)
         assert len(pids) == 2
         proc.kill()  # SIGKILL: the supervisor cannot forward anything
-        proc.wait()
+        proc.wait(10)
         deadline = time.monotonic() + 20
         while any(_alive(pid) for pid in pids):
             assert time.monotonic() < deadline, "workers outlived their supervisor"
@@ -319,5 +320,5 @@ async def test_workers_have_a_write_behind_process_beside_them(env, prefix, data
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait(10)
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
+import orjson
+import pytest
 from redis.cluster import key_slot
 
+from gateway.errors import Conflict
+from handlers.base import describe
 from store import keys as ids
 from store.keys import Keys
 from store.scripts import LUA_DIR, NAMES
 from tests.conftest import PAYU_SALT, RETURN_SECRET
+from tests.test_carts import CUSTOMER, ITEM
 
 
 def test_every_key_of_a_change_shares_one_slot():
@@ -70,3 +77,91 @@ async def test_conversion_logged_without_secrets(gw, caplog):
     everything = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for secret in (PAYU_SALT, RETURN_SECRET, form_hash):
         assert secret not in everything
+
+
+async def payment_keys(gw: Any) -> list[str]:
+    return [key async for key in gw.redis.scan_iter(match=f"{gw.keys.prefix}:*:pay:*")]
+
+
+async def test_the_store_refuses_a_payment_for_a_stale_cart_version_or_amount(gw):
+    """payment_start.lua's check: the version and the amount the payment was priced for must
+    be the cart's. A stale version, or another amount (100 paise on a cart of 149,900), is
+    Conflict cart_changed (409), and nothing is written: no payment, the cart as it was, no
+    event."""
+    cart = await gw.cart_with_items()
+    cid, version, total = cart["cart_id"], cart["version"], cart["total_amount"]
+    assert total == 149_900
+    before = await gw.redis.hgetall(gw.keys.cart(cid))
+    events = await gw.redis.xlen(gw.keys.stream_of(cid))
+    for stale_version, amount in ((version - 1, total), (version, 100), (version + 1, total)):
+        txnid = ids.new_txnid(cid)
+        with pytest.raises(Conflict) as refused:
+            await gw.store.start_payment(cid, txnid, "payu", stale_version, amount, "")
+        assert refused.value.reason == "cart_changed"
+        assert describe(refused.value)[0] == 409
+        assert not await gw.redis.exists(gw.keys.payment(txnid))
+    assert await payment_keys(gw) == []
+    assert await gw.redis.hgetall(gw.keys.cart(cid)) == before
+    assert await gw.redis.xlen(gw.keys.stream_of(cid)) == events
+    # the same call with the cart's own version and amount starts it
+    txnid = ids.new_txnid(cid)
+    started = await gw.store.start_payment(cid, txnid, "payu", version, total, "")
+    assert started["status"] == "INITIATED" and started["amount"] == str(total)
+
+
+async def test_a_payment_started_while_its_cart_changes_is_refused(gw, razorpay_api):
+    """Through HTTP: the cart changes while Razorpay's order is being made (after the gateway
+    priced the payment, before the payment is stored): 409, no payment, no event."""
+    cart = await gw.cart_with_items()
+    cid = cart["cart_id"]
+    razorpay_api.gate = asyncio.Event()
+    starting = asyncio.ensure_future(
+        gw.fetch(
+            "POST", f"/v1/carts/{cid}/payments", json={"provider": "razorpay", "customer": CUSTOMER}
+        )
+    )
+    await asyncio.wait_for(razorpay_api.held.wait(), 10)
+    changed = await gw.json("POST", f"/v1/carts/{cid}/items", json=ITEM)
+    assert changed["version"] == cart["version"] + 1
+    before = await gw.redis.hgetall(gw.keys.cart(cid))
+    events = await gw.redis.xlen(gw.keys.stream_of(cid))
+    razorpay_api.gate.set()
+    resp = await asyncio.wait_for(starting, 30)
+    assert resp.code == 409, resp.body
+    assert "cart changed" in orjson.loads(resp.body)["detail"]
+    assert await gw.metric("gateway_bad_requests_total", reason="cart_changed") == 1
+    assert await payment_keys(gw) == []
+    assert await gw.redis.hgetall(gw.keys.cart(cid)) == before
+    assert await gw.redis.xlen(gw.keys.stream_of(cid)) == events
+    assert (await gw.json("GET", f"/v1/carts/{cid}"))["status"] == "ACTIVE"
+    # started again, it is priced at the cart's new total
+    again = await gw.start(cid, "razorpay")
+    assert again["amount"] == changed["total_amount"]
+
+
+async def test_a_success_after_the_payment_window_is_a_refund(make_gw):
+    """payment_settle.lua reads the cart's effective status: a genuine success for a payment
+    whose window has passed (its cart EXPIRED, though the stored status still says
+    CHECKOUT) makes no booking and converts nothing: SUCCESS, refund_required, cart_expired,
+    and a payment.refund_required event."""
+    gw = await make_gw(cart_ttl_s=1, payment_window_s=1)
+    cart = await gw.cart_with_items()
+    cid = cart["cart_id"]
+    payment = await gw.start(cid)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await gw.json("GET", f"/v1/carts/{cid}"))["status"] != "EXPIRED":
+        assert asyncio.get_running_loop().time() < deadline, "the cart did not expire"
+        await asyncio.sleep(0.1)
+    assert await gw.redis.hget(gw.keys.cart(cid), "status") == "CHECKOUT"  # as stored
+    resp = await gw.payu_return(payment)
+    assert resp.code == 303 and "reason=refund_required" in resp.headers["Location"]
+    paid = await gw.json("GET", f"/v1/payments/{payment['txnid']}")
+    assert paid["status"] == "SUCCESS" and paid["refund_required"] is True
+    assert paid["reason"] == "cart_expired" and paid["booking_id"] is None
+    assert not await gw.redis.exists(gw.keys.booking(ids.booking_id_for(cid)))
+    assert (await gw.json("GET", f"/v1/carts/{cid}"))["status"] == "EXPIRED"
+    assert await gw.redis.hget(gw.keys.cart(cid), "status") == "CHECKOUT"
+    last = (await gw.events())[-1]
+    assert last["type"] == "payment.refund_required"
+    assert last["payment"]["txnid"] == payment["txnid"] and "booking" not in last
+    assert await gw.metric("gateway_refunds_required_total", reason="cart_expired") == 1

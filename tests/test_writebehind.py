@@ -233,14 +233,16 @@ async def test_large_batches_go_through_copy_and_stay_idempotent(make_durable, m
         written = worker.written
         for p in range(gw.settings.partitions):
             await gw.redis.xgroup_setid(gw.keys.stream(p), GROUP, "0")
+        deadline = asyncio.get_running_loop().time() + 60
         while worker.written < 2 * written:
+            assert asyncio.get_running_loop().time() < deadline, "the replay did not finish"
             await asyncio.sleep(0.05)
         async with gw.pg.pool.acquire() as conn:
             after = sorted(tuple(r) for r in await conn.fetch("SELECT xmin::text, * FROM carts"))
         assert after == before
     finally:
         stop.set()
-        await task
+        await asyncio.wait_for(task, 30)
 
 
 async def test_readyz_reports_the_lag_past_its_bound(make_durable):
@@ -270,7 +272,7 @@ async def test_readyz_reports_the_lag_past_its_bound(make_durable):
         assert "gateway_writebehind_queue_length 12.0" in metrics, metrics
     finally:
         stop.set()
-        await task
+        await asyncio.wait_for(task, 30)
 
 
 async def test_two_workers_share_the_group(make_durable):
@@ -285,7 +287,7 @@ async def test_two_workers_share_the_group(make_durable):
         await gw.drained()
     finally:
         stop.set()
-        await task
+        await asyncio.wait_for(task, 30)
     assert gw.worker.written > 0 and other.written > 0
     assert await gw.count("SELECT count(*) FROM bookings") == 600
     assert await gw.count("SELECT count(*) FROM payments WHERE status = 'SUCCESS'") == 600

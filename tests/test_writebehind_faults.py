@@ -80,7 +80,7 @@ async def test_worker_killed_mid_batch(make_durable, recovery):
     finally:
         if first.poll() is None:
             first.kill()
-        first.wait()
+        first.wait(10)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl
 
 from gateway.errors import BadRequest
 
@@ -94,19 +93,3 @@ def clean_reason(text: str, default: str) -> str:
     """A provider's error code, reduced to a short token that is safe in a URL and a log."""
     token = _REASON_RE.sub("_", text).strip("_")[:48]
     return token or default
-
-
-def form_fields(body: bytes) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body as single-valued fields."""
-    try:
-        pairs = parse_qsl(
-            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("the body is not a valid form", reason="bad_form") from None
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        if name in fields:
-            raise BadRequest(f"field {name[:40]!r} given twice", reason="bad_form")
-        fields[name] = value
-    return fields

@@ -8,12 +8,12 @@ productinfo|amount|txnid|key). PayU quotes amounts as decimal strings in rupees.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Mapping
 from typing import ClassVar
 
 from gateway.config import PayUCredentials
 from gateway.errors import BadRequest
+from gateway.forms import form_fields
 from gateway.money import EXPONENTS, parse_decimal, to_decimal_string
 from gateway.providers.base import (
     Notice,
@@ -22,9 +22,9 @@ from gateway.providers.base import (
     Provider,
     Started,
     clean_reason,
-    form_fields,
     require,
 )
+from gateway.signing import signatures_match
 
 UDFS = ("udf1", "udf2", "udf3", "udf4", "udf5")
 DEFAULT_PAYMENT_URL = "https://secure.payu.in/_payment"
@@ -93,8 +93,8 @@ class PayU(Provider):
                 f"amount {amount_text[:32]!r} is not a decimal amount", reason="bad_amount"
             )
         expected = reverse_hash(fields, self.creds.salt)
-        signed = hmac.compare_digest(expected, their_hash.lower()) and hmac.compare_digest(
-            key, self.creds.key
+        signed = signatures_match(expected, their_hash.lower()) & signatures_match(
+            self.creds.key, key
         )
         if status == "success":
             outcome = Outcome.SUCCESS
@@ -113,5 +113,6 @@ class PayU(Provider):
         )
 
     def read_webhook(self, headers: Mapping[str, str], body: bytes) -> Notice:
-        # PayU's server-to-server notice is the same form, with the same reverse hash.
-        return self.read_return(form_fields(body))
+        # PayU's server-to-server notice is the same form, with the same reverse hash, read
+        # as the return's form is read (the same parser, limit and errors).
+        return self.read_return(form_fields(headers, body))

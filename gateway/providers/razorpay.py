@@ -28,6 +28,7 @@ from gateway.providers.base import (
     clean_reason,
     require,
 )
+from gateway.signing import signatures_match
 
 log = logging.getLogger("gateway.providers.razorpay")
 ORDER_RE = re.compile(r"^order_[A-Za-z0-9]{1,40}$")
@@ -113,16 +114,11 @@ class Razorpay(Provider):
         txnid = fields.get("txnid") or None
         if "razorpay_signature" not in fields:
             # Checkout's failure callback (error[...] fields) is not signed: the browser is
-            # sent to the failure page and the payment.failed webhook changes the state.
+            # sent to the failure page and the payment.failed webhook changes the state (and
+            # brings the signed error code). What the callback says is not used.
             if not any(k.startswith("error[") for k in fields) or txnid is None:
                 require(fields, "razorpay_payment_id", "razorpay_order_id", "razorpay_signature")
-            code = fields.get("error[reason]") or fields.get("error[code]") or ""
-            return Notice(
-                Outcome.ABANDONED,
-                signed=False,
-                txnid=txnid,
-                reason=clean_reason(code, "payment_failed"),
-            )
+            return Notice(Outcome.ABANDONED, signed=False, txnid=txnid)
         payment_id, order_id, signature = require(
             fields, "razorpay_payment_id", "razorpay_order_id", "razorpay_signature"
         )
@@ -131,7 +127,7 @@ class Razorpay(Provider):
         expected = sign(self.creds.key_secret, f"{order_id}|{payment_id}".encode())
         return Notice(
             Outcome.SUCCESS,
-            signed=hmac.compare_digest(expected, signature),
+            signed=signatures_match(expected, signature),
             txnid=txnid,
             order_ref=order_id,
             provider_payment_id=payment_id,
@@ -142,7 +138,7 @@ class Razorpay(Provider):
         if not signature:
             raise BadRequest("missing X-Razorpay-Signature header", reason="missing_field")
         expected = sign(self.creds.webhook_secret, body)
-        if not hmac.compare_digest(expected, signature):
+        if not signatures_match(expected, signature):
             return Notice(Outcome.IGNORED, signed=False)
         try:
             doc = orjson.loads(body)
