@@ -214,7 +214,11 @@ class RedisStore:
         await self.close()
 
     async def ready(self) -> tuple[bool, bool]:
-        """(Redis answers, every script is loaded), in one round trip."""
+        """(Redis answers, every script is loaded), in one round trip when all is well.
+
+        A script Redis lacks (it restarted without them, or SCRIPT FLUSH) is loaded here:
+        otherwise only a request meeting NOSCRIPT would load it, and a load balancer that
+        follows readiness sends no request to a process that is not ready."""
         shas = [getattr(self.scripts, name).sha for name in SCRIPT_NAMES]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
@@ -223,7 +227,14 @@ class RedisStore:
                 pong, exists = await pipe.execute()
         except RedisError:
             return False, False
-        return bool(pong), all(exists)
+        missing = tuple(name for name, there in zip(SCRIPT_NAMES, exists, strict=True) if not there)
+        if missing:
+            log.warning("redis lacks scripts; loading them", extra={"scripts": list(missing)})
+            try:
+                await self.scripts.load(self.client, missing)
+            except RedisError:
+                return bool(pong), False
+        return bool(pong), True
 
     async def durability(self) -> str:
         """How the server persists: 'aof-always' is what the gateway wants (decision 10)."""
