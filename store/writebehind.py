@@ -18,7 +18,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from redis.asyncio import Redis
@@ -26,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from store.events import BadEvent, Rows
 from store.keys import Keys
-from store.pg_store import PgStore, migrate, write_rows
+from store.pg_store import PgStore, describe, migrate, write_rows
 from store.queue import GROUP, report_failure, report_recovery, trim
 from store.resp import Calls, RedisPyCalls, evalsha
 from store.scripts import source
@@ -456,16 +455,6 @@ class WriteBehind:
         log.info("write-behind: postgres answers again", extra={"consumer": self.consumer})
         with contextlib.suppress(RedisError):
             await report_recovery(self.redis, self.keys, self.consumer)
-
-
-def describe(exc: BaseException, dsn: str) -> str:
-    """A PostgreSQL error as operators may see it: never the DSN or its password."""
-    text = f"{type(exc).__name__}: {exc}"
-    password = urlsplit(dsn).password
-    for secret in (dsn, password, unquote(password or "")):
-        if secret:
-            text = text.replace(secret, "***")
-    return text[:300]
 
 
 def _retryable(exc: BaseException) -> bool:
