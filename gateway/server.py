@@ -179,7 +179,7 @@ def _supervise(
             try:
                 uvloop.run(target(slot))
             except ConfigError as exc:
-                os.write(reason_out, (str(exc)[: select.PIPE_BUF - 1] + "\n").encode())
+                os.write(reason_out, str(exc).encode()[: select.PIPE_BUF - 1] + b"\n")
                 code = EXIT_REFUSED
             except BaseException:
                 log.exception("worker failed")
