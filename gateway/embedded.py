@@ -440,7 +440,10 @@ def _reachable_install(install: Path) -> Path:
     where pip's wheel put them), so the copy keeps the layout from the package's parent
     folder: the package's install tree and its ``<package>.libs`` beside it."""
     package = install.parent
-    marker = (install / "bin" / "postgres").stat()
+    try:
+        marker = (install / "bin" / "postgres").stat()
+    except OSError as exc:
+        raise EmbeddedError(f"no PostgreSQL server in {install}: {exc.strerror}") from None
     key = f"{install.resolve()}|{marker.st_size}|{marker.st_mtime_ns}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]  # noqa: S324
     target = Path(tempfile.gettempdir()) / f"gateway-pginstall-{digest}"
@@ -451,18 +454,22 @@ def _reachable_install(install: Path) -> Path:
             "them where it can run them",
             extra={"folder": str(target)},
         )
-        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+        staging: Path | None = None
         try:
+            staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
             shutil.copytree(install, staging / package.name / install.name, symlinks=True)
             libs = package.parent / f"{package.name}.libs"
             if libs.is_dir():
                 shutil.copytree(libs, staging / libs.name, symlinks=True)
             _open_to_all(staging)
             os.rename(staging, target)  # atomic: a concurrent start uses one or the other
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
+        except OSError as exc:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             if not target.exists():
-                raise
+                raise EmbeddedError(
+                    f"cannot copy PostgreSQL's programs to {target}: {exc.strerror or exc}"
+                ) from None
     info = target.lstat()
     if info.st_uid != 0 or info.st_mode & 0o022 or not target.is_dir():
         raise EmbeddedError(f"{target} is not root's own folder; remove it and start again")
