@@ -23,8 +23,11 @@ credentials, and the benchmark the same salt. Start a gateway with them (``dev.e
 API key and the return secret; PayU's payment URL is only handed back in the redirect, never
 contacted)::
 
-    GATEWAY_PAYU_KEY=benchkey GATEWAY_PAYU_SALT=bench-salt-0123456789 \\
+    GATEWAY_PAYU_KEY=benchkey GATEWAY_PAYU_SALT=bench-salt-0123456789 GATEWAY_DEVELOPMENT=true \\
         .venv/bin/gateway --env-file dev.env serve            # or: serve --workers 4
+
+(``GATEWAY_DEVELOPMENT=true``: with a provider configured and no ``GATEWAY_REDIS_URL`` /
+``GATEWAY_DATABASE_URL``, the gateway otherwise refuses to pick local servers.)
 
 Then, headless, with the CSV files and the HTML report::
 

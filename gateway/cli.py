@@ -15,6 +15,7 @@ from gateway import __version__, logs
 from gateway.config import Settings
 from gateway.embedded import EmbeddedError, resolve
 from gateway.errors import ConfigError, Unavailable
+from gateway.ports import check_port
 
 log = logging.getLogger("gateway")
 
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="processes, each with its own SO_REUSEPORT socket (default 1)",
+    )
+    serve.add_argument(
+        "--share-port",
+        action="store_true",
+        help="share the port with a gateway already serving it (by default that is refused: "
+        "a forgotten gateway would take part of the traffic)",
     )
     worker = sub.add_parser(
         "worker", help="run standalone write-behind workers (Redis streams -> PostgreSQL)"
@@ -82,14 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# exit statuses (README, "Commands"): 1 a failure at run time (and, for reconcile,
+# differences found), 2 a setting to change, 3 reconcile could not compare
+EXIT_CONFIG = 2
+EXIT_RECONCILE_UNAVAILABLE = 3
+
+
 def multiprocess_dir(data_dir: Path, port: int) -> Path:
     """A fresh folder for prometheus-client's per-process files, named in the environment."""
-    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / f"metrics-{port}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.db"):
-        old.unlink()
+    named = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    setting = "PROMETHEUS_MULTIPROC_DIR" if named else "GATEWAY_DATA_DIR"
+    folder = Path(named or data_dir / f"metrics-{port}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.db"):
+            old.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot write to {folder}: {exc.strerror or exc}") from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     return folder
+
+
+def _fail(message: str, status: int) -> int:
+    """One line on stderr, whatever went wrong: never a traceback for what users can fix."""
+    print(f"gateway: {message}", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,26 +122,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(env_file=args.env_file)
     except ConfigError as exc:
-        print(f"gateway: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"configuration error: {exc}", EXIT_CONFIG)
     if args.command == "serve":
         if not 1 <= args.workers <= 64:
-            print("gateway: --workers must be between 1 and 64", file=sys.stderr)
-            return 2
+            return _fail("--workers must be between 1 and 64", EXIT_CONFIG)
         settings = settings.at(args.host or settings.host, args.port or settings.port)
     if args.command == "worker" and not 1 <= args.processes <= 64:
-        print("gateway: --processes must be between 1 and 64", file=sys.stderr)
-        return 2
+        return _fail("--processes must be between 1 and 64", EXIT_CONFIG)
     if args.command == "demo":
         from gateway.demo import demo
 
         return demo(settings, sys.stdout, auto=args.auto, base_url=args.url)
+    unset = settings.unset_services()
+    if unset:
+        providers = ", ".join(p for p in ("payu", "razorpay") if getattr(settings, p))
+        return _fail(
+            f"configuration error: {' and '.join(unset)} must be set when a payment provider "
+            f"is configured ({providers}): in production the gateway never picks a data store "
+            "by itself; on a development machine, GATEWAY_DEVELOPMENT=true lets it use local "
+            "or embedded servers",
+            EXIT_CONFIG,
+        )
     try:
+        if args.command == "serve" and not args.share_port:
+            # before the embedded servers start, and before the metrics folder (of the
+            # gateway that may hold the port) is emptied
+            check_port(settings.host, settings.port)
         services = resolve(settings.redis_url, settings.database_url, settings.data_dir)
+    except ConfigError as exc:
+        return _fail(f"cannot start: {exc}", EXIT_CONFIG)
     except EmbeddedError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 1
-    log.info(
+        return _fail(str(exc), 1)
+    configured = services.redis_source == services.postgres_source == "configured"
+    log.log(
+        logging.INFO if configured else logging.WARNING,
         "services chosen",
         extra={"redis": services.redis_source, "postgresql": services.postgres_source},
     )
@@ -126,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _run(args, settings)
+    except ConfigError as exc:  # the port, the Redis database, the data folder
+        return _fail(f"cannot start: {exc}", EXIT_CONFIG)
+    except Unavailable as exc:
+        return _fail(f"cannot start: {exc.detail}", 1)
     finally:
         services.stop()
 
@@ -134,13 +176,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         import asyncio
 
-        from store.pg_store import migrate
+        from store.pg_store import describe, migrate
 
         try:
             applied = asyncio.run(migrate(settings.database_url))
-        except (OSError, asyncpg.PostgresError) as exc:
-            print(f"gateway: migrate failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return _fail(f"migrate failed: {describe(exc, settings.database_url)}", 1)
         print("applied: " + ", ".join(applied) if applied else "schema is up to date")
         return 0
     if args.command == "reconcile":
@@ -148,9 +189,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         from gateway.reconcile import reconcile
 
-        return asyncio.run(
-            reconcile(settings, sys.stdout, repair=args.repair, drain_timeout_s=args.drain_timeout)
-        )
+        try:
+            return asyncio.run(
+                reconcile(
+                    settings, sys.stdout, repair=args.repair, drain_timeout_s=args.drain_timeout
+                )
+            )
+        except Unavailable as exc:
+            return _fail(f"reconcile: {exc.detail}", EXIT_RECONCILE_UNAVAILABLE)
     if args.command == "worker":
         from gateway.server import run_processes, work
 
@@ -163,11 +209,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         log.info("metrics: multiprocess mode", extra={"dir": str(metrics_dir)})
     from gateway.server import run
 
-    try:
-        return run(settings, settings.host, settings.port, args.workers)
-    except Unavailable as exc:
-        log.error("cannot start", extra={"error": exc.detail})
-        return 1
+    return run(settings, settings.host, settings.port, args.workers)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from gateway.errors import ConfigError
 from store.writebehind import WriteBehindConfig
@@ -59,6 +59,9 @@ class Settings:
     redis_prefix: str
     partitions: int
     payu_payment_url: str = "https://secure.payu.in/_payment"
+    # GATEWAY_DEVELOPMENT: with a real provider configured, may still pick local or embedded
+    # Redis and PostgreSQL when their URLs are unset (development only, never production)
+    development: bool = False
     writebehind: WriteBehindConfig = field(default_factory=WriteBehindConfig)
     writebehind_in_process: bool = True  # serve runs the write-behind (decision 30 says where)
     writebehind_nice: int = 10  # its niceness when it has a process of its own
@@ -100,6 +103,21 @@ class Settings:
         """The built-in success/failure pages are in use (a URL was not configured)."""
         own = f"{self.public_url}/demo/"
         return self.success_url.startswith(own) or self.failure_url.startswith(own)
+
+    def unset_services(self) -> list[str]:
+        """The service URLs that must be set and are not: with a real provider configured,
+        outside the sandbox and without GATEWAY_DEVELOPMENT, the gateway never picks a data
+        store by itself (production would take whatever answers on a default port)."""
+        if self.sandbox or self.development:
+            return []
+        return [
+            name
+            for name, url in (
+                ("GATEWAY_REDIS_URL", self.redis_url),
+                ("GATEWAY_DATABASE_URL", self.database_url),
+            )
+            if not url
+        ]
 
     @property
     def sandbox_salt(self) -> str:
@@ -158,7 +176,7 @@ class Settings:
         if not PREFIX_RE.match(prefix):
             raise ConfigError("GATEWAY_REDIS_PREFIX: 1-32 characters of A-Z a-z 0-9 _ . -")
         return cls(
-            redis_url=env.url("GATEWAY_REDIS_URL", "", ("redis", "rediss", "unix")),
+            redis_url=_redis_url(env.url("GATEWAY_REDIS_URL", "", ("redis", "rediss", "unix"))),
             database_url=env.url("GATEWAY_DATABASE_URL", "", ("postgres", "postgresql")),
             host=host,
             port=port,
@@ -174,6 +192,7 @@ class Settings:
             data_dir=Path(env.text("GATEWAY_DATA_DIR", ".gateway")),
             sandbox=sandbox,
             redis_prefix=prefix,
+            development=env.boolean("GATEWAY_DEVELOPMENT", False),
             partitions=env.integer("GATEWAY_PARTITIONS", 16, low=1, high=256),
             payu_payment_url=env.url("GATEWAY_PAYU_PAYMENT_URL", "https://secure.payu.in/_payment"),
             writebehind=WriteBehindConfig(
@@ -196,6 +215,21 @@ class Settings:
             body_timeout_s=env.integer("GATEWAY_BODY_TIMEOUT_S", 30, low=1, high=3600),
             max_connections=env.integer("GATEWAY_MAX_CONNECTIONS", 10_000, low=16, high=1_000_000),
         )
+
+
+def _redis_url(url: str) -> str:
+    """``url`` when its database (``/N``, or ``?db=N`` for a Unix socket) is a number:
+    redis-py reads ``/abc`` as database 0 without a word, where another deployment's data
+    may live."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    named = [("path", parts.path.strip("/"))] if parts.scheme != "unix" else []
+    named += [("db", v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+    for _, db in named:
+        if db and not (db.isascii() and db.isdigit() and int(db) < 2**31):
+            raise ConfigError(f"GATEWAY_REDIS_URL: the database must be a number, got {db!r}")
+    return url
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:

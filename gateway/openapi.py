@@ -520,8 +520,10 @@ def _ops_paths() -> Json:
                 "Readiness",
                 "operations",
                 auth=False,
-                description="Ready when Redis answers and the process is not draining; also "
-                "names the configured providers and whether the sandbox is on.",
+                description="Ready when Redis answers (its scripts loaded again if it lost "
+                "them) and the process is not draining; degraded while the write-behind lags "
+                "or cannot write to PostgreSQL (its last error, since when); also names the "
+                "configured providers and whether the sandbox is on.",
                 responses={
                     "200": _json("ready", "Ready"),
                     "503": _json("not ready", "Ready"),

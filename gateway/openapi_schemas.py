@@ -545,7 +545,8 @@ def _ops_schemas() -> Json:
                     "type": "string",
                     "enum": ["ready", "degraded", "not ready"],
                     "description": "degraded: serving, but the write-behind lags past its "
-                    "bound (503 instead when GATEWAY_READY_FAIL_ON_LAG=true)",
+                    "bound (503 instead when GATEWAY_READY_FAIL_ON_LAG=true) or cannot write "
+                    "to PostgreSQL",
                 },
                 "checks": _object(
                     {
@@ -563,6 +564,11 @@ def _ops_schemas() -> Json:
                             "description": "the oldest event PostgreSQL lacks is younger than "
                             "GATEWAY_READY_MAX_LAG_S",
                         },
+                        "postgres": {
+                            "type": "boolean",
+                            "description": "no write-behind worker reports failing to write "
+                            "to PostgreSQL",
+                        },
                     },
                     "each check",
                 ),
@@ -576,6 +582,20 @@ def _ops_schemas() -> Json:
                                 "queue_length": {"type": "integer", "minimum": 0},
                                 "pending": {"type": "integer", "minimum": 0},
                                 "dead_letters": {"type": "integer", "minimum": 0},
+                                "last_error": _nullable(
+                                    None,
+                                    "the last error of a write-behind worker that cannot "
+                                    "write to PostgreSQL (never a password); null when none "
+                                    "fails",
+                                ),
+                                "failing_since": _nullable(
+                                    None, "since when PostgreSQL has been failing (ISO 8601)"
+                                ),
+                                "failing_for_s": {
+                                    "type": ["number", "null"],
+                                    "minimum": 0,
+                                    "description": "for how many seconds",
+                                },
                             },
                             "the write-behind queue, read every second",
                         ),

@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+import asyncpg
 import orjson
+from redis.exceptions import RedisError
 
 from gateway.app import open_stores
 from gateway.config import Settings
+from gateway.errors import Unavailable
 from store.events import (
     BOOKING_COLUMNS,
     CART_COLUMNS,
@@ -26,7 +29,7 @@ from store.events import (
     payment_row,
     snapshot,
 )
-from store.pg_store import PgStore
+from store.pg_store import PgStore, describe
 from store.queue import queue_stats
 from store.redis_store import RedisStore, now_ms
 
@@ -48,37 +51,60 @@ def _row(build: Builder, h: dict[str, str]) -> tuple[Any, ...]:
 async def reconcile(
     settings: Settings, out: TextIO, *, repair: bool = False, drain_timeout_s: float = 60.0
 ) -> int:
-    """Print the differences; return 0 when there are none, 1 otherwise."""
+    """Print the differences; return 0 when there are none, 1 otherwise. ``Unavailable``
+    (naming the setting) when Redis or PostgreSQL cannot be read: no comparison then."""
     async with open_stores(settings) as (store, pg):
-        deadline = time.monotonic() + drain_timeout_s
-        while True:
-            stats = await queue_stats(store.client, store.keys, settings.partitions)
-            if stats.backlog == 0 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        if stats.backlog:
-            print(
-                f"warning: the write-behind queue still holds {stats.backlog} events after "
-                f"{drain_timeout_s:.0f} s; differences below may only be in flight",
-                file=out,
-            )
-        differences = 0
-        checked = 0
-        for kind, spec in KINDS.items():
-            pattern = f"{store.keys.prefix}:{{*}}:{kind}:*"
-            batch: list[str] = []
-            async for key in store.client.scan_iter(match=pattern, count=1000):
-                batch.append(str(key))
-                if len(batch) >= 500:
-                    d, c = await _compare(store, pg, spec, batch, repair, out)
-                    differences, checked = differences + d, checked + c
-                    batch = []
-            if batch:
+        try:
+            async with pg.pool.acquire() as conn:  # not only once Redis has records to compare
+                await conn.fetchval("SELECT 1")
+            return await _reconcile(settings, store, pg, out, repair, drain_timeout_s)
+        except RedisError as exc:
+            raise Unavailable(
+                f"Redis (GATEWAY_REDIS_URL) failed: {type(exc).__name__}: {exc}"
+            ) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise Unavailable(
+                f"PostgreSQL (GATEWAY_DATABASE_URL) failed: {describe(exc, pg.dsn)}"
+            ) from None
+
+
+async def _reconcile(
+    settings: Settings,
+    store: RedisStore,
+    pg: PgStore,
+    out: TextIO,
+    repair: bool,
+    drain_timeout_s: float,
+) -> int:
+    deadline = time.monotonic() + drain_timeout_s
+    while True:
+        stats = await queue_stats(store.client, store.keys, settings.partitions)
+        if stats.backlog == 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    if stats.backlog:
+        print(
+            f"warning: the write-behind queue still holds {stats.backlog} events after "
+            f"{drain_timeout_s:.0f} s; differences below may only be in flight",
+            file=out,
+        )
+    differences = 0
+    checked = 0
+    for kind, spec in KINDS.items():
+        pattern = f"{store.keys.prefix}:{{*}}:{kind}:*"
+        batch: list[str] = []
+        async for key in store.client.scan_iter(match=pattern, count=1000):
+            batch.append(str(key))
+            if len(batch) >= 500:
                 d, c = await _compare(store, pg, spec, batch, repair, out)
                 differences, checked = differences + d, checked + c
-        verb = "enqueued for repair" if repair else "found"
-        print(f"checked {checked} records; {differences} differences {verb}", file=out)
-        return 1 if differences else 0
+                batch = []
+        if batch:
+            d, c = await _compare(store, pg, spec, batch, repair, out)
+            differences, checked = differences + d, checked + c
+    verb = "enqueued for repair" if repair else "found"
+    print(f"checked {checked} records; {differences} differences {verb}", file=out)
+    return 1 if differences else 0
 
 
 async def _compare(

@@ -13,24 +13,27 @@ import gc
 import logging
 import os
 import resource
+import select
 import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import tornado.netutil
 import uvloop
 
 from gateway.app import listen, make_app, open_stores
 from gateway.background import consumer_name, loop_lag, monitor, writebehind
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
+from gateway.ports import bind
 from handlers.ops import SANDBOX_WARNING
 from store.queue import QueueStats
 
 log = logging.getLogger("gateway.server")
 DRAIN_TIMEOUT_S = 10.0
+EXIT_REFUSED = 2  # a child's status when it cannot start for a reason a restart keeps
 
 
 async def serve(
@@ -50,7 +53,7 @@ async def serve(
                 extra={"redis_durability": ctx.redis_durability},
             )
         descriptors = raise_descriptor_limit()
-        sockets = tornado.netutil.bind_sockets(port, host, reuse_port=True)
+        sockets = bind(host, port)
         freeze_startup_objects()
         server = await listen(app, sockets, max_body_size=1024 * 1024)
         stop = asyncio.Event()
@@ -171,9 +174,16 @@ def _supervise(
     extra: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
     """Fork ``main(slot)`` for slots 0..workers-1, and ``extra()`` as slot ``workers`` when
-    given; restart any that dies; forward SIGTERM and SIGINT to all."""
+    given; restart any that dies; forward SIGTERM and SIGINT to all. A child that cannot
+    start for a reason a restart does not change (``ConfigError``: its port, its Redis
+    database) stops them all at once: that reason is raised, as ``ConfigError``, once every
+    child has stopped."""
     children: dict[int, int] = {}
     stopping = False
+    refused: str | None = None
+    # children write why they could not start here (one short line each: an atomic write)
+    reasons, reason_out = os.pipe()
+    os.set_blocking(reasons, False)
 
     def target(slot: int) -> Coroutine[Any, Any, None]:
         return extra() if extra is not None and slot == workers else main(slot)
@@ -187,6 +197,9 @@ def _supervise(
             code = 0
             try:
                 uvloop.run(target(slot))
+            except ConfigError as exc:
+                os.write(reason_out, str(exc).encode()[: select.PIPE_BUF - 1] + b"\n")
+                code = EXIT_REFUSED
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -228,6 +241,14 @@ def _supervise(
         # (still starting) stopped cleanly too
         if exit_code != 0 and not (stopping and exit_code == -signal.SIGTERM):
             status = 1
+        if exit_code == EXIT_REFUSED and refused is None:
+            try:
+                refused = os.read(reasons, 4096).decode(errors="replace").split("\n")[0]
+            except BlockingIOError:
+                refused = "a process could not start"
+            log.error("a process could not start; stopping", extra={"pid": pid, "slot": slot})
+            forward(signal.SIGTERM, None)
+            continue
         if not stopping:
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < 60] + [now]
@@ -237,6 +258,10 @@ def _supervise(
                 continue
             log.warning("worker exited, starting another", extra={"pid": pid, "slot": slot})
             spawn(slot)
+    os.close(reasons)
+    os.close(reason_out)
+    if refused is not None:
+        raise ConfigError(refused)
     return status
 
 

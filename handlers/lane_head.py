@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from gateway.forms import FORM, MAX_FIELDS
+
 PREFIX, SUFFIX = "/v1/payments/", "/return"
-FORM = "application/x-www-form-urlencoded"
-MAX_FIELDS = 1000  # Tornado's limit on a form's or a query's fields (parse_qs_bytes)
 HEAD_RE = re.compile(
     rb"(GET|POST) (/[!-~]*) HTTP/1\.1\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"

@@ -79,6 +79,11 @@ class Keys:
     def deadletter_of_stream(self, stream: str) -> str:
         return stream.removesuffix(":events") + ":deadletter"
 
+    def writebehind_health(self) -> str:
+        """Hash: write-behind consumer -> its PostgreSQL failure (JSON), while it fails; read
+        by every process's queue monitor (``/readyz``), whichever process the worker is in."""
+        return f"{self.prefix}:writebehind:health"
+
     def order_index(self, provider: str, order_id: str) -> str:
         """Provider order id -> txnid (Razorpay's webhook names the order, not our txnid)."""
         return f"{self.prefix}:order:{provider}:{order_id}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -171,6 +171,17 @@ def as_hash(record: asyncpg.Record) -> dict[str, str]:
         else:
             out[key] = str(value)
     return out
+
+
+def describe(exc: BaseException, dsn: str) -> str:
+    """A PostgreSQL error as operators may see it (logs, ``/readyz``, a command's error
+    line): never the DSN or its password."""
+    text = f"{type(exc).__name__}: {exc}"
+    password = urlsplit(dsn).password
+    for secret in (dsn, password, unquote(password or "")):
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:300]
 
 
 class PgStore:

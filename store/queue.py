@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -55,6 +56,42 @@ class QueueStats:
     pending: int  # delivered to a worker, not yet acknowledged
     oldest_age_s: float  # age of the oldest unacknowledged entry (0 when none)
     dead_letters: int  # entries in the dead-letter streams
+    # a write-behind worker failing to reach PostgreSQL: its last error, and since when
+    # (epoch ms, the earliest of the workers failing now); None when none reports failing
+    postgres_error: str | None = None
+    postgres_failing_since_ms: int | None = None
+
+
+# A failing worker refreshes its report at every retry (its backoff is at most 5 s); a
+# report older than this is from a worker that died while failing.
+HEALTH_FRESH_MS = 60_000
+
+
+async def report_failure(
+    redis: Redis, keys: Keys, consumer: str, error: str, since_ms: int
+) -> None:
+    """Say that ``consumer`` cannot write to PostgreSQL (``error`` carries no secret)."""
+    record = {"error": error, "since": since_ms, "at": int(time.time() * 1000)}
+    await redis.hset(keys.writebehind_health(), consumer, orjson.dumps(record).decode())
+
+
+async def report_recovery(redis: Redis, keys: Keys, consumer: str) -> None:
+    await redis.hdel(keys.writebehind_health(), consumer)
+
+
+def _failures(reports: dict[str, str], now_ms: float) -> tuple[str | None, int | None]:
+    """(the latest error, the earliest start) of the fresh reports."""
+    fresh = []
+    for text in reports.values():
+        try:
+            record = orjson.loads(text)
+            fresh.append((int(record["at"]), int(record["since"]), str(record["error"])))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # not ours to judge: ignored
+    fresh = [r for r in fresh if now_ms - r[0] <= HEALTH_FRESH_MS]
+    if not fresh:
+        return None, None
+    return max(fresh)[2], min(r[1] for r in fresh)
 
 
 async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
@@ -71,7 +108,12 @@ async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
             pipe.xinfo_groups(stream)
             pipe.xlen(stream)
             pipe.xlen(keys.deadletter(part))
+        pipe.hgetall(keys.writebehind_health())
         replies: list[Any] = await pipe.execute(raise_on_error=False)
+    reports = replies.pop()
+    if isinstance(reports, Exception):
+        raise reports
+    error, since = _failures(reports, now_ms)
     # what each command of the second round answers: ("first"|"next"|"pending", 0) or
     # ("count", pending), the last counting the entries never delivered
     asked: list[tuple[str, int]] = []
@@ -119,4 +161,4 @@ async def queue_stats(redis: Redis, keys: Keys, partitions: int) -> QueueStats:
         if candidate is not None and (oldest is None or candidate < oldest):
             oldest = candidate
     age = max(0.0, (now_ms - oldest[0]) / 1000) if oldest else 0.0
-    return QueueStats(backlog, pending, age, dead)
+    return QueueStats(backlog, pending, age, dead, error, since)

@@ -12,11 +12,11 @@ from typing import Any, TypeVar, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from gateway.errors import ConfigError, Conflict, NotFound, Unavailable, ValidationFailed
 from store import keys as ids
 from store.keys import Keys
 from store.resp import Arg, Calls, RedisPyCalls, RespClient, evalsha
@@ -186,10 +186,21 @@ class RedisStore:
             try:
                 await client.ping()
                 break
+            except (AuthenticationError, ResponseError) as exc:
+                # it answers, and says no (a password, or SELECT of a database it does not
+                # have): trying again changes nothing
+                await store.close()
+                db = client.connection_pool.connection_kwargs.get("db", 0)
+                raise ConfigError(
+                    f"GATEWAY_REDIS_URL: Redis refused the connection to database {db}: {exc}"
+                ) from None
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if attempt == attempts:
                     await store.close()
-                    raise Unavailable(f"Redis did not answer after {attempts} attempts") from exc
+                    raise Unavailable(
+                        f"Redis (GATEWAY_REDIS_URL) did not answer after {attempts} attempts: "
+                        f"{type(exc).__name__}"
+                    ) from exc
                 log.warning(
                     "redis connect failed, retrying",
                     extra={"attempt": attempt, "delay_s": delay, "error": type(exc).__name__},
@@ -214,7 +225,11 @@ class RedisStore:
         await self.close()
 
     async def ready(self) -> tuple[bool, bool]:
-        """(Redis answers, every script is loaded), in one round trip."""
+        """(Redis answers, every script is loaded), in one round trip when all is well.
+
+        A script Redis lacks (it restarted without them, or SCRIPT FLUSH) is loaded here:
+        otherwise only a request meeting NOSCRIPT would load it, and a load balancer that
+        follows readiness sends no request to a process that is not ready."""
         shas = [getattr(self.scripts, name).sha for name in SCRIPT_NAMES]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
@@ -223,7 +238,14 @@ class RedisStore:
                 pong, exists = await pipe.execute()
         except RedisError:
             return False, False
-        return bool(pong), all(exists)
+        missing = tuple(name for name, there in zip(SCRIPT_NAMES, exists, strict=True) if not there)
+        if missing:
+            log.warning("redis lacks scripts; loading them", extra={"scripts": list(missing)})
+            try:
+                await self.scripts.load(self.client, missing)
+            except RedisError:
+                return bool(pong), False
+        return bool(pong), True
 
     async def durability(self) -> str:
         """How the server persists: 'aof-always' is what the gateway wants (decision 10)."""

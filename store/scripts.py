@@ -30,9 +30,10 @@ class Scripts:
     def register(cls, client: Redis) -> Scripts:
         return cls(**{name: client.register_script(source(name)) for name in NAMES})
 
-    async def load(self, client: Redis) -> None:
-        """SCRIPT LOAD each script, so a syntax error fails the start, not a request."""
-        for name in NAMES:
+    async def load(self, client: Redis, names: tuple[str, ...] = NAMES) -> None:
+        """SCRIPT LOAD each script (or those ``names``), so a syntax error fails the start,
+        not a request."""
+        for name in names:
             script: Any = getattr(self, name)
             sha = await client.script_load(script.script)
             if sha != script.sha:

@@ -25,8 +25,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from store.events import BadEvent, Rows
 from store.keys import Keys
-from store.pg_store import PgStore, migrate, write_rows
-from store.queue import GROUP, trim
+from store.pg_store import PgStore, describe, migrate, write_rows
+from store.queue import GROUP, report_failure, report_recovery, trim
 from store.resp import Calls, RedisPyCalls, evalsha
 from store.scripts import source
 
@@ -94,13 +94,17 @@ class WriteBehind:
         self._retry_pending = True  # on start, drain our own pending entries first
         self._backlog = False  # the last read filled some stream's share
         self.written = 0
+        self._failing_since_ms: int | None = None  # PostgreSQL failing us since (epoch ms)
+        self._reported = 0.0  # when that was last said in Redis (monotonic)
         self.retain_text = source("retain")
         # the name EVALSHA knows it by (a digest, not a secret)
         self.retain_sha = hashlib.sha1(self.retain_text.encode(), usedforsecurity=False).hexdigest()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batch in hand is finished before returning."""
-        await self._until_ok(stop, "migrate", lambda: migrate(self.pg.dsn))
+        with contextlib.suppress(RedisError):
+            await report_recovery(self.redis, self.keys, self.consumer)  # a previous life's
+        await self._until_ok(stop, "migrate", lambda: migrate(self.pg.dsn), postgres=True)
         await self._until_ok(stop, "groups", self.ensure_groups)
         log.info(
             "write-behind started", extra={"consumer": self.consumer, "streams": len(self.streams)}
@@ -217,6 +221,8 @@ class WriteBehind:
             except BadEvent as exc:
                 unreadable.append((entry, str(exc)))
         written, refused = await self._write(rows, forced, readable, stop)
+        if written or refused:
+            await self._recovered()
         await self._ack(written + gone)
         for entry, error in unreadable:
             await self._dead_letter(entry, error, attempts=0)
@@ -256,6 +262,7 @@ class WriteBehind:
                     "write-behind: postgres unavailable, retrying",
                     extra={"error": type(exc).__name__, "delay_s": delay, "entries": len(entries)},
                 )
+                await self._failing(exc)
                 if stop is not None and stop.is_set() and delay >= self.config.backoff_max_s:
                     # shutting down with PostgreSQL gone: leave the entries pending; the next
                     # worker (or this one, restarted) drains them
@@ -403,11 +410,15 @@ class WriteBehind:
             self._retry_pending = True
         return claimed
 
-    async def _until_ok(self, stop: asyncio.Event, what: str, step: Any) -> None:
+    async def _until_ok(
+        self, stop: asyncio.Event, what: str, step: Any, postgres: bool = False
+    ) -> None:
         delay = 0.1
         while not stop.is_set():
             try:
                 await step()
+                if postgres:
+                    await self._recovered()
                 return
             except Exception as exc:
                 if not _retryable(exc) and not isinstance(exc, RedisError):
@@ -417,8 +428,33 @@ class WriteBehind:
                     "write-behind: start step failed, retrying",
                     extra={"step": what, "error": type(exc).__name__, "delay_s": delay},
                 )
+                if postgres:
+                    await self._failing(exc)
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def _failing(self, exc: BaseException) -> None:
+        """Say in Redis that PostgreSQL fails us, for every process's ``/readyz`` (this worker
+        may run in a process of its own): at most once a second, refreshed while it lasts."""
+        now = time.monotonic()
+        if self._failing_since_ms is None:
+            self._failing_since_ms = int(time.time() * 1000)
+        elif now - self._reported < 1.0:
+            return
+        self._reported = now
+        error = describe(exc, self.pg.dsn)
+        with contextlib.suppress(RedisError):  # Redis gone too: nowhere to say it
+            await report_failure(
+                self.redis, self.keys, self.consumer, error, self._failing_since_ms
+            )
+
+    async def _recovered(self) -> None:
+        if self._failing_since_ms is None:
+            return
+        self._failing_since_ms = None
+        log.info("write-behind: postgres answers again", extra={"consumer": self.consumer})
+        with contextlib.suppress(RedisError):
+            await report_recovery(self.redis, self.keys, self.consumer)
 
 
 def _retryable(exc: BaseException) -> bool:

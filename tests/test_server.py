@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -322,3 +323,101 @@ async def test_workers_have_a_write_behind_process_beside_them(env, prefix, data
             proc.kill()
         proc.wait(10)
         await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+def plain_listener(port: int) -> socket.socket:
+    """A listening socket that is not a gateway's (no SO_REUSEPORT, no HTTP)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def ended(proc: subprocess.Popen[bytes], seconds: float = 30) -> tuple[int, str]:
+    """(exit status, stderr) of ``proc``, which must end within ``seconds``."""
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"still running after {seconds} s: {err.decode()[-2000:]}") from None
+    return proc.returncode, err.decode()
+
+
+def plain_errors(err: str) -> list[str]:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("gateway: ")]
+
+
+def quiet(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """``gateway serve ARGS`` whose output nobody reads (a full pipe would stall it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_a_second_gateway_on_a_served_port_is_refused(env, prefix):
+    port = int(env["GATEWAY_PORT"])
+    first = quiet(env)
+    try:
+        await asyncio.to_thread(wait_ready, port, first)
+        first_pid = (await asyncio.to_thread(worker_pids, port, 1)).pop()
+        for args in ((), ("--workers", "2")):
+            code, err = await asyncio.to_thread(ended, start(env, *args))
+            lines = plain_errors(err)
+            assert code == 2 and len(lines) == 1, err
+            assert "another gateway" in lines[0] and str(port) in lines[0], lines
+            assert "--share-port" in lines[0], lines
+        # the first one still has the port to itself
+        assert await asyncio.to_thread(worker_pids, port, 2) == {first_pid}
+    finally:
+        first.terminate()
+        first.wait(30)
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+async def test_share_port_is_sharing_on_purpose(env, prefix):
+    port = int(env["GATEWAY_PORT"])
+    first = quiet(env)
+    second = None
+    try:
+        await asyncio.to_thread(wait_ready, port, first)
+        second = quiet(env, "--share-port")
+        deadline = time.monotonic() + 20
+        pids: set[int] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            assert second.poll() is None, "the second gateway exited"
+            pids |= await asyncio.to_thread(worker_pids, port, 2)
+        assert len(pids) == 2, pids
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+        await drop_keys(env["GATEWAY_REDIS_URL"], prefix)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_held_by_something_else(env, workers):
+    port = int(env["GATEWAY_PORT"])
+    with plain_listener(port):
+        code, err = ended(start(env, "--workers", workers))
+    lines = plain_errors(err)
+    assert code == 2 and len(lines) == 1, err
+    assert str(port) in lines[0] and "another gateway" not in lines[0], lines
+    assert "worker exited, starting another" not in err
+
+
+def test_a_supervisor_whose_workers_cannot_bind_stops_at_once(env):
+    """--share-port skips the check for a held port: the workers' own binds fail, and the
+    supervisor stops at the first failure instead of starting them again and again."""
+    port = int(env["GATEWAY_PORT"])
+    with plain_listener(port):
+        code, err = ended(start(env, "--workers", "2", "--share-port"))
+    lines = plain_errors(err)
+    assert code != 0 and len(lines) == 1 and str(port) in lines[0], err
+    assert "worker exited, starting another" not in err

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import asyncpg
 import pytest
 
+from store.queue import queue_stats
 from store.writebehind import GROUP
 from tests import services
 from tests.conftest import base_env
@@ -105,8 +107,17 @@ async def test_postgres_down_during_a_burst(make_durable, own_postgres):
     for p in range(gw.settings.partitions):
         backlog += await gw.redis.xlen(gw.keys.stream(p))
     assert backlog > 0
+    # the worker says so in Redis, where every process's /readyz reads it
+    deadline = time.monotonic() + 30
+    stats = await queue_stats(gw.redis, gw.keys, gw.settings.partitions)
+    while stats.postgres_error is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        stats = await queue_stats(gw.redis, gw.keys, gw.settings.partitions)
+    assert stats.postgres_error and stats.postgres_failing_since_ms, stats
     own_postgres.start()
     await gw.drained(timeout=90)
+    stats = await queue_stats(gw.redis, gw.keys, gw.settings.partitions)
+    assert stats.postgres_error is None and stats.postgres_failing_since_ms is None, stats
     assert await gw.count("SELECT count(*) FROM bookings") == 300
     assert await gw.count("SELECT count(*) FROM carts WHERE status = 'CONVERTED'") == 300
     assert await gw.count("SELECT count(*) FROM payments WHERE status = 'SUCCESS'") == 300
