@@ -21,6 +21,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -334,6 +335,16 @@ class EmbeddedPostgres:
             shutil.chown(self.folder, self.user, self.user if self.user != "nobody" else None)
             self.folder.chmod(0o700)
 
+    def _check_own(self, folder: Path) -> None:
+        """``folder`` is a real folder of root's or of the user PostgreSQL runs as."""
+        info = folder.lstat()
+        owners = {0, pwd.getpwnam(self.user).pw_uid if self.user else os.geteuid()}
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners:
+            raise EmbeddedError(
+                f"{folder} is not a folder of the gateway's own (a link, or another user's); "
+                "remove it and start again"
+            )
+
     def start(self) -> None:
         self.folder = self.folder.absolute()
         self._own()
@@ -351,6 +362,8 @@ class EmbeddedPostgres:
                 extra={"folder": str(moved)},
             )
             self.folder = moved
+            moved.mkdir(mode=0o700, exist_ok=True)
+            self._check_own(moved)  # a shared folder: not a link or a folder someone else made
             self._own()
         if not (self.data / "PG_VERSION").exists():
             self._run(

@@ -19,9 +19,10 @@ import asyncio
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
@@ -88,13 +89,22 @@ class Connections:
 
 
 class CountedHTTPServer(HTTPServer):
-    """Tornado's server, counting its connections in ``connections`` and refusing a new
-    one at the cap (the lane's hand-overs are counted already: ``adopt``)."""
+    """Tornado's server, counting its connections in ``connections``, and knowing which of
+    them wait for a request (from ``start_request``, the delegate's documented hook, until
+    the request has come whole: idle, or a head or body still arriving). At the cap a new
+    connection closes the one that has waited longest; when none waits (every one is being
+    answered), the new one is refused. The lane's hand-overs are counted already
+    (``adopt``)."""
 
     connections: Connections
 
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.waiting: dict[Any, None] = {}  # oldest first
+        self.closing_tasks: set[asyncio.Future[None]] = set()
+
     def handle_stream(self, stream: IOStream, address: Any) -> None:
-        if self.connections.full:
+        if self.connections.full and not self.evict_waiting():
             self.connections.shedding("refused")
             stream.close()
             return
@@ -104,13 +114,60 @@ class CountedHTTPServer(HTTPServer):
         self.connections.open += 1
         super().handle_stream(stream, address)
 
+    def evict_waiting(self) -> bool:
+        """Close the connection that has waited longest for a request; False: none waits."""
+        for server_conn in self.waiting:
+            del self.waiting[server_conn]
+            task = asyncio.ensure_future(server_conn.close())
+            self.closing_tasks.add(task)
+            task.add_done_callback(self.closing_tasks.discard)
+            self.connections.shedding("evicted")
+            return True
+        return False
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        self.waiting[server_conn] = None
+        delegate = super().start_request(server_conn, request_conn)
+        return _RequestWatch(delegate, self.waiting, server_conn)
+
     def stop(self) -> None:
         super().stop()
         self.connections.stop()
 
     def on_close(self, server_conn: object) -> None:
         self.connections.open -= 1
+        self.waiting.pop(server_conn, None)
         super().on_close(server_conn)
+
+
+class _RequestWatch(httputil.HTTPMessageDelegate):
+    """A request's delegate, taking its connection off the waiting list once the request
+    has come whole (as Tornado's own ``_ProxyAdapter`` wraps a delegate)."""
+
+    def __init__(
+        self, delegate: httputil.HTTPMessageDelegate, waiting: dict[Any, None], conn: object
+    ) -> None:
+        self.delegate, self.waiting, self.conn = delegate, waiting, conn
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.waiting.pop(self.conn, None)
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.waiting.pop(self.conn, None)
+        self.delegate.on_connection_close()
 
 
 class HandedOverStream(IOStream):

@@ -15,8 +15,10 @@ Tornado's (tornado 6.6, ``http1connection`` and ``httputil``), never wider:
 - a ``Content-Length`` of at most 9 digits within the body limit, or none;
 - ASCII fields, each once, UTF-8 once unquoted (``ascii_fields``).
 
-``head_of`` reads a whole head once; ``undecided`` says, while a head is still arriving,
-whether the bytes so far can still become one the lane answers.
+``head_of`` reads a whole head once, when its blank line has come; until then the lane keeps
+the connection (so that a slow head stays the lane's to time out or evict) and hands it to
+Tornado once the head is whole and not one it answers, or ends at a bare LF
+(``bare_lf_end``), or passes the head limit.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ HEAD_RE = re.compile(
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"
 )
 FIELD_RE = re.compile(rb"([^:]+):([^\r]*)\r\n")
-LINE_RE = re.compile(rb"(?:GET|POST) /v1/payments/([!-~]*?)/return(?:\?[!-~]*)? HTTP/1\.1")
 HOST_RE = re.compile(rb"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-BARE_LF = re.compile(rb"(?<!\r)\n")
-METHODS = (b"GET /", b"POST /")
+LF_END = re.compile(rb"\n\r?\n")
 HANDED_OVER = (b"transfer-encoding", b"expect", b"content-encoding")
 
 
@@ -96,19 +96,11 @@ def head_of(
     )
 
 
-def undecided(buf: bytes | bytearray, scanned: int, providers: frozenset[str]) -> bool:
-    """While a head is incomplete: can these bytes still become a head the lane answers?
-    ``scanned`` is how far earlier calls looked (only what came since is searched)."""
-    if BARE_LF.search(buf, scanned) is not None:
-        return False  # Tornado takes bare LF line ends; the lane does not
-    line_end = buf.find(b"\r\n")
-    if line_end < 0:  # the request line is still coming: does it start as ours can?
-        start = bytes(buf[:6])
-        return any(method.startswith(start[: len(method)]) for method in METHODS)
-    if scanned > line_end:
-        return True  # the request line was judged already
-    line = LINE_RE.fullmatch(buf, 0, line_end)
-    return line is not None and line.group(1).decode("ascii") in providers
+def bare_lf_end(buf: bytes | bytearray, scanned: int) -> bool:
+    """Whether the bytes since ``scanned`` end a head the way only Tornado reads it: at an
+    empty line after a bare LF (``\n\n``, ``\n\r\n``; Tornado's ``\r?\n\r?\n``). Called
+    only where ``\r\n\r\n`` was not found."""
+    return LF_END.search(buf, scanned) is not None
 
 
 def _unquote(text: str) -> str:

@@ -14,15 +14,16 @@ Anything else hands the connection over to Tornado's ``HTTPServer``, which from 
 serves it as it serves every connection, starting with the bytes already read
 (``HandedOverStream``): another route, a chunked body, HTTP/1.0, bare LF line ends, a
 malformed request all get Tornado's own answers, and ``ReturnHandler`` answers a return in
-an unusual shape. The lane decides as early as the bytes allow: a request line that is not
-a return is handed over when it is complete, not when its head is.
+an unusual shape. A connection is handed over once its head is whole (so that a slow head is
+the lane's to time out and evict), or ends at a bare LF, or passes the head limit.
 
 Each head is parsed once, when its blank line has come; until then only the bytes that came
 since are searched. A connection idle, or still sending its head, ``idle_timeout_s`` after
 its last answer, or still sending a body ``body_timeout_s`` after its head, is closed, as
-Tornado closes its own. At the process's connection cap (``handlers/connections.py``) a new
-connection first evicts the connection that has waited longest for a request; when every
-connection is busy or Tornado's, the new one is refused.
+Tornado closes its own. A client that does not read its answers gets no more until it has
+(``pause_writing``), and what it sends meanwhile is bounded. At the process's connection
+cap (``handlers/connections.py``) a new connection first closes the connection that has
+waited longest for a request (the lane's, else Tornado's); when none waits, it is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from tornado import httputil
 from gateway.errors import GatewayError
 from handlers.base import Context, describe, problem_body, request_id
 from handlers.connections import Connections, CountedHTTPServer, HandedOverStream
-from handlers.lane_head import Head, head_of, return_fields, undecided
+from handlers.lane_head import Head, bare_lf_end, head_of, return_fields
 from handlers.payments import ReturnHandler, return_target
 
 log = logging.getLogger("gateway.http")
@@ -54,6 +55,7 @@ NAME = ReturnHandler.name
 Recorder = Callable[[str, int, str, str, float, str], None]
 BACKLOG = 128  # Tornado's listen backlog (bind_sockets)
 EVICT_SCAN = 64  # at the cap, how many of the oldest connections are looked at
+CLOSE_S = 10.0  # how long shutting down waits for the answers in hand
 
 
 class LaneServer:
@@ -74,6 +76,7 @@ class LaneServer:
         # the lane's connections, the longest waiting for a request first (an answered
         # connection goes to the end): what the cap evicts, and what the sweep closes
         self.protocols: dict[ReturnProtocol, None] = {}
+        self.closing = False  # close_all_connections: no request after the one in hand
 
     async def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -89,19 +92,24 @@ class LaneServer:
             server.close()
         self.tornado.stop()
 
-    async def close_all_connections(self) -> None:
-        """Close every connection: ours once its answer is out, then Tornado's."""
+    async def close_all_connections(self, timeout_s: float = CLOSE_S) -> None:
+        """Close every connection: ours once the answer in hand is out (or at ``timeout_s``),
+        then Tornado's."""
+        self.closing = True
+        deadline = time.monotonic() + timeout_s
         while self.protocols:
+            late = time.monotonic() > deadline
             for conn in list(self.protocols):
-                if not conn.busy:
-                    conn.transport.close()
+                if late or not conn.busy:
+                    conn.transport.abort() if late else conn.transport.close()
                     self.protocols.pop(conn, None)
             if self.protocols:
                 await asyncio.sleep(0.01)
         await self.tornado.close_all_connections()
 
     def admit(self, conn: ReturnProtocol) -> bool:
-        """Count a new connection in, evicting one that waits at the cap; False: refuse it."""
+        """Count a new connection in; at the cap, first close the connection that has waited
+        longest for a request (the lane's, else Tornado's); False: refuse the new one."""
         count = self.connections
         if count.full:
             for waiting in itertools.islice(self.protocols, EVICT_SCAN):
@@ -112,8 +120,9 @@ class LaneServer:
                     count.shedding("evicted")
                     break
             else:
-                count.shedding("refused")
-                return False
+                if not self.tornado.evict_waiting():
+                    count.shedding("refused")
+                    return False
         count.open += 1
         self.protocols[conn] = None
         return True
@@ -138,7 +147,8 @@ class ReturnProtocol(asyncio.Protocol):
         self.scanned = 0  # how far the search for the head's end has looked
         self.head: Head | None = None  # a head whose body is still coming
         self.busy = False  # a request is being answered; later ones wait in buf
-        self.paused = False
+        self.writable = True  # False while what was written waits for the client to read
+        self.paused = False  # reading paused: too much waits unanswered
         self.leaving = False  # handed over once what was written has gone out
         self.counted = False
         self.task: asyncio.Future[None] | None = None  # the answer being made
@@ -166,29 +176,49 @@ class ReturnProtocol(asyncio.Protocol):
             buf += data
         else:
             self.buf = bytearray(buf) + data
-        if not self.busy:
+        if not self.busy and self.writable:
             self._next()
         elif len(self.buf) > self.server.head_limit + self.server.max_body:
-            self.transport.pause_reading()  # pipelined: bound what waits
+            self.transport.pause_reading()  # pipelined, or the client does not read: bound it
             self.paused = True
 
+    def pause_writing(self) -> None:
+        # The client is not reading what it was sent: answer nothing more until it has
+        # (Tornado too reads the next request only once an answer has gone out).
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.leaving:
+            self._hand_over()
+        elif not self.busy:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Go on with what waits in ``buf``, reading again if that was paused."""
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.buf:
+            self._next()
+
     def _next(self) -> None:
-        """Answer the request at the head of ``buf`` once it is whole; hand over as soon as
-        it cannot be one the lane answers."""
+        """Answer the request at the head of ``buf`` once it is whole, or hand the
+        connection over once its head is whole and not one the lane answers."""
         buf, server = self.buf, self.server
         head = self.head
         if head is None:
+            limit = server.head_limit
             end = buf.find(b"\r\n\r\n", self.scanned)
-            if end < 0 or end > server.head_limit:
-                if len(buf) > server.head_limit or not undecided(
-                    buf, self.scanned, server.providers
-                ):
-                    self._hand_over()  # Tornado answers (a head too large, bare LF, ...)
+            if end < 0:
+                # Tornado also ends a head at bare LF; a head too large it refuses
+                if len(buf) > limit or bare_lf_end(buf, self.scanned):
+                    self._hand_over()
                 else:
                     self.scanned = max(0, len(buf) - 3)
                 return
             head = head_of(buf, end, server.providers, server.max_body)
-            if head is None:
+            if head is None or end + 4 > limit:
                 self._hand_over()
                 return
             if len(buf) < head.total:  # the body is still coming
@@ -211,34 +241,30 @@ class ReturnProtocol(asyncio.Protocol):
 
     async def _answer(self, head: Head, fields: dict[str, str], started: float) -> None:
         server = self.server
-        status, headers, body, rid = await respond(
-            server.ctx, head.method, head.path, head.provider, fields, head.request_id
-        )
-        if head.closing:
-            headers["Connection"] = "close"
-        lines = [f"HTTP/1.1 {status} {responses.get(status, 'Unknown')}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
         transport = self.transport
-        if not transport.is_closing():
-            # UTF-8, as Tornado sends the Location of a redirect (the rest is ASCII)
-            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-            if head.closing:
-                transport.close()
-        server.record(NAME, status, head.method, head.path, time.perf_counter() - started, rid)
-        self.busy = False
+        try:
+            status, headers, body, rid = await respond(
+                server.ctx, head.method, head.path, head.provider, fields, head.request_id
+            )
+            closing = head.closing or server.closing
+            if closing:
+                headers["Connection"] = "close"
+            lines = [f"HTTP/1.1 {status} {responses.get(status, 'Unknown')}"]
+            lines += [f"{name}: {value}" for name, value in headers.items()]
+            if not transport.is_closing():
+                # UTF-8, as Tornado sends the Location of a redirect (the rest is ASCII)
+                transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+                if closing:
+                    transport.close()
+            server.record(NAME, status, head.method, head.path, time.perf_counter() - started, rid)
+        finally:
+            self.busy = False
         self.deadline = time.monotonic() + server.idle_s
         protocols = server.protocols
         if protocols.pop(self, 0) is None:  # to the end: the last to be evicted
             protocols[self] = None
-        if self.paused:
-            self.paused = False
-            transport.resume_reading()
-        if self.buf and not head.closing:
-            self._next()
-
-    def resume_writing(self) -> None:
-        if self.leaving:
-            self._hand_over()
+        if self.writable and not transport.is_closing():
+            self._resume()
 
     def _hand_over(self) -> None:
         """Give the connection, and what has been read of it, to Tornado's server, once
@@ -258,7 +284,12 @@ class ReturnProtocol(asyncio.Protocol):
             transport.abort()
             return
         # The transport closes its descriptor; a duplicate keeps the connection open.
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError as exc:  # out of descriptors, most likely: the client tries again
+            log.warning("could not hand a connection over", extra={"error": str(exc)})
+            transport.abort()
+            return
         transport.abort()  # connection_lost takes it off the count; Tornado's adopt adds it
         tornado = server.tornado
         stream = HandedOverStream(

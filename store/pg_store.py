@@ -184,6 +184,13 @@ def describe(exc: BaseException, dsn: str) -> str:
     return text[:300]
 
 
+def public_error(exc: BaseException) -> str:
+    """A PostgreSQL error as an unauthenticated caller may see it (``/readyz``): its class
+    and SQLSTATE, not its text, which may name roles, databases and hosts."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} (SQLSTATE {sqlstate})" if sqlstate else type(exc).__name__
+
+
 class PgStore:
     """A pool that connects lazily: the gateway starts, and serves, with PostgreSQL down."""
 

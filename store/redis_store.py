@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -128,6 +128,15 @@ class Settled:
         return self.payment["refund_required"] == "1"
 
 
+def refuses_for_good(exc: RedisError) -> bool:
+    """A refusal at connect that no retry changes: credentials, permissions, a database
+    the server does not have."""
+    if isinstance(exc, AuthenticationError | NoPermissionError):
+        return True
+    text = str(exc).upper()
+    return any(sign in text for sign in ("DB INDEX", "NOAUTH", "WRONGPASS", "NOPERM"))
+
+
 class RedisStore:
     """Carts, payments and bookings in Redis. Use as ``async with RedisStore.connect(...)``."""
 
@@ -187,6 +196,15 @@ class RedisStore:
                 await client.ping()
                 break
             except (AuthenticationError, ResponseError) as exc:
+                if not refuses_for_good(exc):  # -BUSY, -MASTERDOWN...: it may pass
+                    if attempt == attempts:
+                        await store.close()
+                        raise Unavailable(
+                            f"Redis (GATEWAY_REDIS_URL) kept refusing: {str(exc)[:80]}"
+                        ) from exc
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
                 # it answers, and says no (a password, or SELECT of a database it does not
                 # have): trying again changes nothing
                 await store.close()

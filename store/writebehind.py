@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from store.events import BadEvent, Rows
 from store.keys import Keys
-from store.pg_store import PgStore, describe, migrate, write_rows
+from store.pg_store import PgStore, describe, migrate, public_error, write_rows
 from store.queue import GROUP, report_failure, report_recovery, trim
 from store.resp import Calls, RedisPyCalls, evalsha
 from store.scripts import source
@@ -426,7 +426,11 @@ class WriteBehind:
                 self.hooks.retry(what)
                 log.warning(
                     "write-behind: start step failed, retrying",
-                    extra={"step": what, "error": type(exc).__name__, "delay_s": delay},
+                    extra={
+                        "step": what,
+                        "error": describe(exc, self.pg.dsn) if postgres else type(exc).__name__,
+                        "delay_s": delay,
+                    },
                 )
                 if postgres:
                     await self._failing(exc)
@@ -442,7 +446,7 @@ class WriteBehind:
         elif now - self._reported < 1.0:
             return
         self._reported = now
-        error = describe(exc, self.pg.dsn)
+        error = public_error(exc)  # the log has the whole text (describe)
         with contextlib.suppress(RedisError):  # Redis gone too: nowhere to say it
             await report_failure(
                 self.redis, self.keys, self.consumer, error, self._failing_since_ms

@@ -180,6 +180,16 @@ class Client:
         self.http.close()
 
 
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """asyncio's event loop for every test, but uvloop's (the gateway's own) for the
+    return lane's tests in tests/test_return_lane_uvloop.py."""
+    if item.module.__name__.endswith("_uvloop"):
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"gwtest-{secrets.token_hex(4)}"

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from handlers import connections
-from tests.conftest import REDIS_URL, Client, base_env, drop_keys, open_gateway
+from tests.conftest import API_KEY, REDIS_URL, Client, base_env, drop_keys, open_gateway
 from tests.services import free_port
-from tests.test_return_lane import port_of
+from tests.test_return_lane import port_of, read_answer
 from tests.test_server import wait_ready
 
 HALF_RETURN = b"POST /v1/payments/payu/return HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
@@ -125,29 +125,102 @@ async def test_at_the_cap_the_longest_waiting_connection_makes_room(gateways):
         writer.close()
 
 
-async def test_at_the_cap_tornado_refuses_a_new_connection(gateways, caplog):
-    gw, server = await gateways(return_lane=False, max_connections=16)
-    stuck = []
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "tornado"])
+async def test_at_the_cap_an_idle_keep_alive_connection_of_tornados_makes_room(gateways, lane):
+    """Connections Tornado holds, idle after an answer, are evicted too (oldest first)."""
+    gw, server = await gateways(return_lane=lane, max_connections=16)
+    idle = []
     for _ in range(16):
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
-        writer.write(HALF_RETURN)
+        writer.write(HEALTH)
         await writer.drain()
-        stuck.append((reader, writer))
-    await asyncio.sleep(0.2)
+        answer = await asyncio.wait_for(read_answer(reader), 5)
+        assert answer is not None and answer[0] == 200
+        idle.append((reader, writer))
+    await asyncio.sleep(0.1)
+    assert server.connections.open == 16
+    probe = await gw.fetch("GET", "/healthz", auth=False)
+    assert probe.code == 200
+    assert await closed_within(idle[0][0], 5), "the longest idle connection is evicted"
+    for _, writer in idle:
+        writer.close()
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "tornado"])
+async def test_at_the_cap_with_every_connection_busy_a_new_one_is_refused(
+    gateways, razorpay_api, caplog, lane
+):
+    """16 requests being answered (Razorpay's Orders API holds them): the 17th connection
+    is refused, logged and counted; once they are answered, the count is back to 0."""
+    gw, server = await gateways(return_lane=lane, max_connections=16)
+    carts = [await gw.cart_with_items(items=1) for _ in range(16)]
+    razorpay_api.gate = asyncio.Event()
+    busy = []
+    body = b'{"provider": "razorpay", "customer": {"firstname": "Asha", '
+    body += b'"email": "asha@example.com", "phone": "+919876543210"}}'
+    for cart in carts:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+        head = (
+            f"POST /v1/carts/{cart['cart_id']}/payments HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        busy.append((reader, writer))
+    ctx = gw.app.settings["ctx"]  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while ctx.in_flight < 16 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert ctx.in_flight == 16
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
     writer.write(HEALTH)
     await writer.drain()
     assert await closed_within(reader, 5), "the 17th connection is refused"
     writer.close()
     assert "connection cap reached" in caplog.text
-    for _, old in stuck:
-        old.close()
+    assert ctx.metrics.connections_shed.labels("refused")._value.get() >= 1
+    razorpay_api.gate.set()
+    for reader, writer in busy:
+        answer = await asyncio.wait_for(read_answer(reader), 10)
+        assert answer is not None and answer[0] == 201, answer
+        writer.close()
     deadline = time.monotonic() + 5
     while server.connections.open and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert server.connections.open == 0
     probe = await gw.fetch("GET", "/healthz", auth=False)
     assert probe.code == 200
+
+
+async def test_the_count_comes_back_to_zero(gateways):
+    """Every way a lane connection ends takes it off the count: its answer and close, a
+    hand-over and Tornado's close, an eviction, the idle sweep, the client leaving."""
+    gw, server = await gateways(max_connections=16, idle_timeout_s=1)
+    count = server.connections
+    ways = []
+    for request in (HEALTH, HALF_RETURN, b""):  # handed over, stuck in a head, idle
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+        if request:
+            writer.write(request)
+            await writer.drain()
+        ways.append((reader, writer))
+    await asyncio.sleep(0.2)
+    assert count.open == 3
+    ways[0][1].close()  # the client leaves Tornado's connection
+    for _ in range(20):  # at the cap: evictions
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+        writer.write(HALF_RETURN)
+        await writer.drain()
+        ways.append((reader, writer))
+    await asyncio.sleep(0.2)
+    assert count.open <= 16
+    deadline = time.monotonic() + 10  # the sweep closes the rest (idle_timeout_s=1)
+    while count.open and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert count.open == 0
+    for _, writer in ways:
+        writer.close()
 
 
 def low_descriptor_limit() -> None:

@@ -415,3 +415,29 @@ def test_an_unwritable_data_folder_is_one_line():
     finally:
         ns.delete()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the cluster moves to a shared folder only as root")
+def test_a_link_planted_where_the_cluster_moves_is_refused():
+    """As root with a data folder the postgres user cannot reach, the cluster moves to a
+    folder in /tmp named after it. Another user may plant a link there first: the start
+    refuses it, and the folder it points to keeps its owner."""
+    import hashlib
+
+    from gateway.embedded import EmbeddedError, EmbeddedPostgres
+
+    closed = Path(tempfile.mkdtemp(prefix="gw-closed-"))  # 0700, root's
+    victim = Path(tempfile.mkdtemp(prefix="gw-victim-"))
+    folder = (closed / "postgres").absolute()
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]  # noqa: S324
+    planted = Path(tempfile.gettempdir()) / f"gateway-postgres-{digest}"
+    planted.symlink_to(victim)
+    try:
+        with pytest.raises(EmbeddedError, match="not a folder of the gateway's own"):
+            EmbeddedPostgres(folder).start()
+        assert victim.stat().st_uid == 0
+        assert not (victim / "data").exists()
+    finally:
+        planted.unlink()
+        shutil.rmtree(closed, ignore_errors=True)
+        shutil.rmtree(victim, ignore_errors=True)

@@ -12,6 +12,7 @@ signed target, and leaves one booking.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import socket
@@ -279,6 +280,13 @@ async def test_answers_on_the_wire_are_tornados(pair):
         ("bare LF return", raw_return(tampered, rid).replace(b"\r\n", b"\n")),
         ("bare LF, then CRLF", raw_return(tampered, rid).replace(b"\r\n", b"\n", 1)),
     ]
+    # heads about Tornado's limit (65,536 bytes, the blank line's CRLFs included)
+    for size in (65_532, 65_535, 65_536, 65_537, 65_540):
+        request = raw_return(tampered, rid, "X-Pad: ")
+        end = request.index(b"\r\n\r\n") + 4
+        request = request[: end - 4] + b"p" * (size - end) + request[end - 4 :]
+        assert request.index(b"\r\n\r\n") + 4 == size
+        cases.append((f"a head of {size} bytes", request))
     # Hosts Tornado refuses (400): the lane must not settle a return that names one
     for host in [*BAD_HOSTS, "é.example"]:
         request = raw_return(paid, rid).replace(b"Host: 127.0.0.1", f"Host: {host}".encode())
@@ -287,7 +295,7 @@ async def test_answers_on_the_wire_are_tornados(pair):
         a = await exchange(lane, request, answers=1)
         b = await exchange(routed, request, answers=1)
         assert a == b, name
-        assert a[0][0] is not None or name in ("a head too large", "not HTTP"), name
+        assert a[0][0] is not None or "head" in name or name == "not HTTP", name
     (status, headers, _), *_ = (await exchange(lane, raw_return(tampered, rid), answers=1))[0]
     assert status == 303 and "reason=bad_signature" in dict(headers)["Location"]
     still = await lane.json("GET", f"/v1/payments/{payment['txnid']}")
@@ -375,6 +383,74 @@ async def test_idle_and_half_sent_connections_are_closed(settings, monkeypatch):
     finally:
         server.stop()
         await server.close_all_connections()
+        await gw.close()
+        await gw.store.close()
+        await drop_keys(settings.redis_url, settings.redis_prefix)
+
+
+async def test_a_client_that_does_not_read_gets_no_more_answers(settings):
+    """Pipelined returns from a client that never reads: the lane stops answering once its
+    answers wait unread (as Tornado, which answers one at a time), so what it holds for
+    that client stays bounded (asyncio's write buffer limit, 64 KiB, and one answer)."""
+    gw, server = await open_gateway(settings)
+    assert isinstance(server, return_lane.LaneServer)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    held = 0
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port_of(gw)))
+        while not server.protocols:
+            await asyncio.sleep(0.01)
+        for conn in server.protocols:  # a small kernel buffer: what is held shows at once
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+        request = raw_get(RETURN + "?txnid=nope") * 50
+        deadline = loop.time() + 8
+        while loop.time() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                sock.send(request)
+            await asyncio.sleep(0.002)
+            for conn in server.protocols:
+                held = max(held, conn.transport.get_write_buffer_size())
+        assert held < 100_000, f"{held} bytes of answers held for a client that reads none"
+    finally:
+        sock.close()
+        server.stop()
+        await server.close_all_connections()
+        await gw.close()
+        await gw.store.close()
+        await drop_keys(settings.redis_url, settings.redis_prefix)
+
+
+async def test_shutting_down_does_not_wait_for_a_client_that_keeps_sending(settings):
+    """close_all_connections ends a connection after the answer in hand, however many
+    requests the client keeps pipelining."""
+    gw, server = await open_gateway(settings)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+    stop = asyncio.Event()
+
+    async def flood() -> None:
+        request = raw_get(RETURN + "?txnid=nope") * 20
+        while not stop.is_set():
+            try:
+                writer.write(request)
+                await writer.drain()
+                await reader.read(65536)
+            except ConnectionError:
+                return
+
+    flooding = asyncio.create_task(flood())
+    try:
+        await asyncio.sleep(0.5)
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), 5)
+    finally:
+        stop.set()
+        writer.close()
+        await asyncio.wait_for(flooding, 5)
         await gw.close()
         await gw.store.close()
         await drop_keys(settings.redis_url, settings.redis_prefix)

@@ -165,3 +165,29 @@ async def test_a_success_after_the_payment_window_is_a_refund(make_gw):
     assert last["type"] == "payment.refund_required"
     assert last["payment"]["txnid"] == payment["txnid"] and "booking" not in last
     assert await gw.metric("gateway_refunds_required_total", reason="cart_expired") == 1
+
+
+async def test_a_busy_redis_at_start_is_waited_for_not_a_configuration_error(own_redis):
+    """A Redis that answers -BUSY (a long script running) refuses for a while only: the
+    connect retries instead of stopping the gateway as misconfigured."""
+    import socket
+
+    from store.redis_store import RedisStore
+
+    _, port = own_redis("--busy-reply-threshold", "50")
+    url = f"redis://127.0.0.1:{port}/0"
+    spinner = socket.create_connection(("127.0.0.1", port), timeout=5)
+    spinner.sendall(b'EVAL "while true do end" 0\r\n')  # busy until SCRIPT KILL
+    await asyncio.sleep(0.3)
+    connecting = asyncio.create_task(
+        RedisStore.connect(url, "gwtest-busy", cart_ttl_s=60, payment_window_s=60, attempts=8)
+    )
+    await asyncio.sleep(0.5)
+    assert not connecting.done(), "the connect gave up on a busy Redis"
+    killer = socket.create_connection(("127.0.0.1", port), timeout=5)
+    killer.sendall(b"SCRIPT KILL\r\n")
+    assert killer.recv(64).startswith(b"+OK")
+    store = await asyncio.wait_for(connecting, 20)
+    await store.close()
+    killer.close()
+    spinner.close()
