@@ -315,10 +315,11 @@ def split_answer(data: bytes) -> tuple[tuple[Any, ...], bytes] | None:
 
 async def converse(port: int, data: bytes, cuts: list[int], gap_ms: int, expect: int) -> Any:
     """Send ``data`` cut into segments, read the answers (any that come within CLOSE_S once
-    ``expect`` have), and tell how the connection ended: 'closed' (by the server: a FIN or
-    a reset, whichever the kernel sent), 'silent' (fewer than ``expect`` answers, and none
-    for READ_S) or 'open'. A raw socket, so that
-    a write the server refused does not stop the reading of what it had answered."""
+    ``expect`` have), and tell how the connection ended: 'closed' (by the server), 'reset' (it
+    closed with bytes of ours unread, and the kernel's reset may have dropped what it had
+    received for us), 'silent' (fewer than ``expect`` answers, and none for READ_S) or
+    'open'. A raw socket, so that a write the server refused does not stop the reading of
+    what it had answered."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setblocking(False)
@@ -348,7 +349,10 @@ async def converse(port: int, data: bytes, cuts: list[int], gap_ms: int, expect:
                 state = "silent" if len(answers) < expect else "open"
                 break
             except OSError:
-                chunk = b""
+                # A reset: the server closed with bytes of ours unread (a 400 closes), and
+                # the kernel may drop what it had received for us: the answers are cut short
+                state = "reset"
+                break
             if not chunk:
                 state = "closed"
                 break
@@ -469,7 +473,12 @@ async def test_the_lane_answers_generated_requests_as_tornado_does(twins, monkey
     by_lane = await converse(port_of(lane), data, exchange.cuts, exchange.gap_ms, expect)
     monkeypatch.setattr(return_lane, "head_of", parses.function)
     by_tornado = await converse(port_of(routed), data, exchange.cuts, exchange.gap_ms, expect)
-    assert by_lane == by_tornado
+    if "reset" in (by_lane[1], by_tornado[1]):  # both closed; a reset may lose the last
+        n = min(len(by_lane[0]), len(by_tornado[0]))
+        assert by_lane[0][:n] == by_tornado[0][:n]
+        assert by_lane[1] in ("reset", "closed") and by_tornado[1] in ("reset", "closed")
+    else:
+        assert by_lane == by_tornado
     assert await state_of(raw, lane_prefix) == await state_of(raw, routed_prefix)
     # the lane reads a head once, however its bytes were cut
     assert parses.calls <= expect, f"{parses.calls} head parses for {expect} requests"
