@@ -178,8 +178,10 @@ class RedisStore:
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=2,
-            # no per-command health check (it cost ~1.7 % of a return); a dead connection
-            # fails its command, which the retry takes on a fresh one
+            # no per-command health check (it cost ~1.7 % of a return when redis-py carried
+            # the return); no retry either, so that no script runs twice: a pooled connection
+            # to a Redis that restarted fails its next command once, and its caller's retry
+            # (the write-behind's, the monitor's next tick) goes on a fresh one
             max_connections=256,
         )
         calls = RespClient.from_url(url, timeout=5, connect_timeout=2)

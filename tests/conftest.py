@@ -312,8 +312,11 @@ class DurableClient(Client):
     async def drained(self, timeout: float = 60.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            stats = await queue_stats(self.redis, self.keys, self.settings.partitions)
-            if stats.backlog == 0:
+            try:
+                stats = await queue_stats(self.redis, self.keys, self.settings.partitions)
+            except redis.exceptions.ConnectionError:  # a pooled connection to a Redis restarted
+                stats = None
+            if stats is not None and stats.backlog == 0:
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"write-behind did not drain: {stats}")
@@ -352,11 +355,14 @@ async def make_durable(
 
     opened: list[tuple[DurableClient, Server]] = []
 
-    async def factory(worker: bool = True, database: str | None = None, **wb: Any) -> DurableClient:
+    async def factory(
+        worker: bool = True, database: str | None = None, redis: str | None = None, **wb: Any
+    ) -> DurableClient:
         env = base_env(
             prefix,
             GATEWAY_RAZORPAY_API_URL=razorpay_api.url,
             GATEWAY_DATABASE_URL=database or database_url,
+            GATEWAY_REDIS_URL=redis or REDIS_URL,
         )
         base = Settings.from_env(env)
         config = dataclasses.replace(
@@ -406,13 +412,45 @@ def own_redis() -> Any:
     """A redis-server of this test's own: (process, port); stopped and removed after."""
     started: list[tuple[subprocess.Popen[bytes], str]] = []
 
-    def start(*extra: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
-        proc, port_, folder = services.start_redis(list(extra), port=port)
-        started.append((proc, folder))
+    def start(
+        *extra: str, port: int | None = None, folder: str | None = None
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """Started on ``port`` in ``folder`` when given: the same server again, after a kill,
+        from what it kept on disk (``folder`` is the one a first start made:
+        ``own_redis.folder(proc)``)."""
+        proc, port_, folder_ = services.start_redis(list(extra), port=port, folder=folder)
+        started.append((proc, folder_))
         return proc, port_
+
+    start.folder = lambda proc: next(f for p, f in started if p is proc)  # type: ignore[attr-defined]
 
     yield start
     for proc, folder in started:
         proc.kill()
         proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+
+@pytest.fixture
+def figures(request: Any) -> Any:
+    """``figures(requests=..., lost=...)``: what a fault or attack test counted, printed at
+    the end of the run (the figures docs/reliability.md quotes come from there)."""
+
+    def record(**values: Any) -> None:
+        _FIGURES.append((request.node.nodeid, values))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("figures of the fault and attack tests")
+    for nodeid, values in _FIGURES:
+        shown = ", ".join(
+            f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in values.items()
+        )
+        terminalreporter.write_line(f"{nodeid}: {shown}")

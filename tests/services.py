@@ -38,11 +38,13 @@ def start_redis(
     port: int | None = None,
     prefix: list[str] | None = None,
     startup_s: float = 10.0,
+    folder: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     """A redis-server of the test's own (on ``port``, else a free one; run by ``prefix``,
-    e.g. valgrind, when given); returns (process, port, folder)."""
+    e.g. valgrind, when given; in ``folder``, else a new one); returns (process, port,
+    folder)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    folder = tempfile.mkdtemp(prefix="gw-redis-")
+    folder = folder or tempfile.mkdtemp(prefix="gw-redis-")
     port = port or free_port()
     proc = subprocess.Popen(
         [

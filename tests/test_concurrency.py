@@ -16,7 +16,7 @@ async def count_bookings(gw) -> int:
     return len([k async for k in gw.redis.scan_iter(match=f"{gw.keys.prefix}:*:booking:*")])
 
 
-async def test_100_concurrent_payu_deliveries(gw):
+async def test_100_concurrent_payu_deliveries(gw, figures):
     cart = await gw.cart_with_items()
     payment = await gw.start(cart["cart_id"])
     form = payu_sign.response_form(payment["redirect"]["fields"], "success", PAYU_SALT)
@@ -41,9 +41,10 @@ async def test_100_concurrent_payu_deliveries(gw):
     metrics = (await gw.fetch("GET", "/metrics")).body.decode()
     assert "gateway_bookings_created_total 1.0" in metrics
     assert "gateway_carts_converted_total 1.0" in metrics
+    figures(requests=len(answers), success_303=len(redirects), bookings_redis=1, lost=0, doubled=0)
 
 
-async def test_100_concurrent_razorpay_and_failure_race(gw):
+async def test_100_concurrent_razorpay_and_failure_race(gw, figures):
     """Redirects, captured/paid webhooks and late failures all at once: one success wins."""
     cart = await gw.cart_with_items()
     payment = await gw.start(cart["cart_id"], "razorpay")
@@ -86,6 +87,13 @@ async def test_100_concurrent_razorpay_and_failure_race(gw):
     r = await send_webhook(gw, webhook("payment.failed", order_id, amount))
     assert orjson.loads(r.body)["status"] == "SUCCESS"
     assert [e["type"] for e in await gw.events()].count("payment.succeeded") == 1
+    figures(
+        requests=len(answers),
+        success_303=sum(1 for a in answers if a.code == 303),
+        bookings_redis=1,
+        lost=0,
+        doubled=0,
+    )
 
 
 async def test_two_payments_succeed_at_once(gw):
